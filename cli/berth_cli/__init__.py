@@ -1,0 +1,1 @@
+"""The `berth` operator CLI."""

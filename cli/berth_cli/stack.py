@@ -1,0 +1,155 @@
+"""`berth up`: the embedded stack (nats-server from the wheel, every service, SQLite, file
+backend) in the foreground, all data under one directory."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from berth_shared.auth import ensure_token_file
+from berth_shared.natsserver import NatsServer
+from berth_shared.settings import DEFAULT_PORTS, SERVICES
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+@dataclass
+class StackConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    nats_port: int = 4322
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+
+
+def take_lock(data_dir: Path) -> IO[str]:
+    """Hold `up.lock` for the stack's lifetime; a second `berth up` finds it taken."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "up.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise AlreadyRunning(f"berth is already running from {data_dir} (pid {pid}); stop it with Ctrl-C there") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+class Stack:
+    def __init__(self, cfg: StackConfig, echo: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self.echo = echo
+        self.data_dir = cfg.data_dir.resolve()
+        self.nats = NatsServer(self.data_dir / "nats", port=cfg.nats_port, host=cfg.host)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopping = False
+
+    def service_env(self, service: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "BERTH_DATA_DIR": str(self.data_dir),
+                "BERTH_NATS_URL": self.nats.url,
+                "BERTH_HTTP_HOST": self.cfg.host,
+                "BERTH_HTTP_PORT": str(self.cfg.ports[service]),
+            }
+        )
+        return env
+
+    def start_service(self, service: str) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{service}.log", "ab") as log:
+            self.procs[service] = subprocess.Popen(
+                [sys.executable, "-m", f"berth_{service}"],
+                env=self.service_env(service),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, service: str, timeout: float = 60.0) -> None:
+        url = f"http://{self.cfg.host}:{self.cfg.ports[service]}/readyz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[service]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{service} exited with {proc.returncode}; see {self.data_dir / 'logs' / service}.log")
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{service} not ready after {timeout}s")
+
+    def up(self) -> None:
+        ensure_token_file(self.data_dir / "tokens.json")
+        self.nats.start()
+        self.echo(f"nats        {self.nats.url} (JetStream store {self.nats.store_dir})")
+        for service in SERVICES:
+            self.start_service(service)
+        for service in SERVICES:
+            self.wait_ready(service)
+            self.echo(f"{service:<11} http://{self.cfg.host}:{self.cfg.ports[service]}  (OpenAPI at /docs)")
+        self.echo(f"data        {self.data_dir}  (logs in {self.data_dir / 'logs'})")
+        self.echo("tokens      berth tokens   prints the admin and demo tokens")
+        self.echo("berth is up; Ctrl-C stops it.")
+
+    def supervise(self) -> None:
+        """Block until a signal; restart a service that dies on its own."""
+        while not self._stopping:
+            for service, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self._stopping:
+                    self.echo(f"{service} exited with {proc.returncode}; restarting (log: {self.data_dir}/logs/{service}.log)")
+                    self.start_service(service)
+            time.sleep(0.5)
+
+    def down(self) -> None:
+        self._stopping = True
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for service, proc in self.procs.items():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.echo(f"{service} did not stop in 15 s; killing it")
+                proc.kill()
+                proc.wait()
+        self.nats.stop()
+
+
+def run_up(cfg: StackConfig, echo: Callable[[str], None] = print) -> None:
+    lock = take_lock(cfg.data_dir)
+    stack = Stack(cfg, echo)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stack._stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.up()
+        stack.supervise()
+    finally:
+        echo("stopping berth ...")
+        stack.down()
+        lock.close()
+        echo("stopped.")

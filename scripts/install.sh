@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create ./.venv and install every Berth package (editable) with what it needs.
+# Usage: scripts/install.sh [--dev]   (--dev adds the test and lint tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+PKGS=(-e ./shared -e ./services/provisioner -e ./services/attacher -e ./services/watcher -e ./services/alerts -e ./cli)
+if [ "${1:-}" = "--dev" ]; then
+  PKGS+=(-r requirements-dev.txt)
+fi
+.venv/bin/python -m pip install -q "${PKGS[@]}"

@@ -1,0 +1,1 @@
+"""Berth attacher: attachments, single writer, node liveness, fencing and failover."""

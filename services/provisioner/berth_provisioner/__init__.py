@@ -1,0 +1,1 @@
+"""Berth provisioner: volumes, snapshots, storage clusters, placement and quotas."""

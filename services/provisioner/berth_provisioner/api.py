@@ -1,0 +1,147 @@
+"""HTTP API (/v1). Thin: parse, authenticate, call the Provisioner, shape the response."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from berth_provisioner.service import Provisioner
+from berth_shared.http import principal_dependency
+from berth_shared.messages.common import ListQuery
+from berth_shared.messages.provisioner import (
+    Cluster,
+    ClusterList,
+    ClusterPatch,
+    ClusterRegister,
+    ClusterUpdate,
+    Quota,
+    QuotaLimits,
+    QuotaSet,
+    Snapshot,
+    SnapshotCreate,
+    SnapshotList,
+    SnapshotListQuery,
+    Volume,
+    VolumeCreate,
+    VolumeExpandBody,
+    VolumeList,
+    VolumeType,
+    VolumeTypeCreate,
+    VolumeTypeList,
+)
+
+Caller = principal_dependency(lambda request: request.app.state.rt.validator)
+PROBLEMS = {code: {"description": "problem+json", "content": {"application/problem+json": {}}} for code in (400, 401, 403, 404, 409, 422)}
+
+
+def _svc(request: Request) -> Provisioner:
+    svc: Provisioner = request.app.state.provisioner
+    return svc
+
+
+def _wait(request: Request) -> float:
+    return float(request.app.state.rt.settings.command_timeout_s)
+
+
+router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
+
+
+@router.post("/volumes", status_code=status.HTTP_201_CREATED, tags=["volumes"])
+async def create_volume(body: VolumeCreate, request: Request, caller: Caller) -> Volume:
+    """Create a volume. The name is the idempotency key: the same request again returns the same volume."""
+    return await _svc(request).create_volume(caller, body, _wait(request))
+
+
+@router.get("/volumes", tags=["volumes"])
+async def list_volumes(
+    request: Request,
+    caller: Caller,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    starting_token: Annotated[str | None, Query(max_length=64)] = None,
+    tenant: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z0-9_][a-z0-9_\-]*$")] = None,
+) -> VolumeList:
+    return await _svc(request).list_volumes(caller, ListQuery(limit=limit, starting_token=starting_token, tenant=tenant))
+
+
+@router.get("/volumes/{volume_id}", tags=["volumes"])
+async def get_volume(volume_id: str, request: Request, caller: Caller) -> Volume:
+    return await _svc(request).get_volume(caller, volume_id)
+
+
+@router.post("/volumes/{volume_id}/expand", tags=["volumes"])
+async def expand_volume(volume_id: str, body: VolumeExpandBody, request: Request, caller: Caller) -> Volume:
+    return await _svc(request).expand_volume(caller, volume_id, body.size_gib, _wait(request))
+
+
+@router.delete("/volumes/{volume_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["volumes"])
+async def delete_volume(volume_id: str, request: Request, caller: Caller) -> Response:
+    await _svc(request).delete_volume(caller, volume_id, _wait(request))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/snapshots", status_code=status.HTTP_201_CREATED, tags=["snapshots"])
+async def create_snapshot(body: SnapshotCreate, request: Request, caller: Caller) -> Snapshot:
+    return await _svc(request).create_snapshot(caller, body, _wait(request))
+
+
+@router.get("/snapshots", tags=["snapshots"])
+async def list_snapshots(
+    request: Request,
+    caller: Caller,
+    volume_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    starting_token: Annotated[str | None, Query(max_length=64)] = None,
+) -> SnapshotList:
+    q = SnapshotListQuery(volume_id=volume_id, limit=limit, starting_token=starting_token)
+    return await _svc(request).list_snapshots(caller, q)
+
+
+@router.get("/snapshots/{snapshot_id}", tags=["snapshots"])
+async def get_snapshot(snapshot_id: str, request: Request, caller: Caller) -> Snapshot:
+    return await _svc(request).get_snapshot(caller, snapshot_id)
+
+
+@router.delete("/snapshots/{snapshot_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["snapshots"])
+async def delete_snapshot(snapshot_id: str, request: Request, caller: Caller) -> Response:
+    await _svc(request).delete_snapshot(caller, snapshot_id, _wait(request))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/clusters", status_code=status.HTTP_201_CREATED, tags=["clusters (admin)"])
+async def register_cluster(body: ClusterRegister, request: Request, caller: Caller) -> Cluster:
+    """Register a storage cluster; an active one takes new volumes at once."""
+    return await _svc(request).register_cluster(caller, body)
+
+
+@router.get("/clusters", tags=["clusters (admin)"])
+async def list_clusters(request: Request, caller: Caller) -> ClusterList:
+    return await _svc(request).list_clusters(caller)
+
+
+@router.patch("/clusters/{cluster_id}", tags=["clusters (admin)"])
+async def update_cluster(cluster_id: str, body: ClusterPatch, request: Request, caller: Caller) -> Cluster:
+    """Change a cluster's state (active/draining/readonly), capacity, ratio, types or tenants."""
+    return await _svc(request).update_cluster(caller, ClusterUpdate(id=cluster_id, **body.model_dump(exclude_unset=True)))
+
+
+@router.post("/volume-types", status_code=status.HTTP_201_CREATED, tags=["volume types"])
+async def create_volume_type(body: VolumeTypeCreate, request: Request, caller: Caller) -> VolumeType:
+    return await _svc(request).create_volume_type(caller, body)
+
+
+@router.get("/volume-types", tags=["volume types"])
+async def list_volume_types(request: Request, caller: Caller) -> VolumeTypeList:
+    return await _svc(request).list_volume_types()
+
+
+@router.put("/quotas/{tenant}", tags=["quotas"])
+async def set_quota(tenant: str, body: QuotaLimits, request: Request, caller: Caller) -> Quota:
+    return await _svc(request).set_quota(caller, QuotaSet(tenant=tenant, volumes=body.volumes, gigabytes=body.gigabytes))
+
+
+@router.get("/quotas/{tenant}", tags=["quotas"])
+async def get_quota(tenant: str, request: Request, caller: Caller) -> Quota:
+    return await _svc(request).get_quota(caller, tenant)
+
+

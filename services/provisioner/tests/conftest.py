@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from provisioner_harness import Provisioner
+
+from berth_provisioner.app import create_app
+from berth_shared.bus import Bus
+from berth_shared.settings import Settings
+from berth_shared.testing import Tenants, running
+
+
+@pytest.fixture
+async def prov(make_settings: Callable[..., Settings], tenants: Tenants) -> AsyncIterator[Provisioner]:
+    settings = make_settings("provisioner")
+    app = create_app(settings)
+    async with running(app) as http:
+        bus = await Bus.connect(settings.nats_url, "test-client")
+        try:
+            yield Provisioner(http, bus, settings, tenants, app)
+        finally:
+            await bus.close()

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from berth_shared.bus import Bus
+from berth_shared.settings import Settings
+from berth_shared.testing import Tenants
+
+
+@dataclass
+class Provisioner:
+    http: httpx.AsyncClient  # no default token: pass headers per call
+    bus: Bus
+    settings: Settings
+    tenants: Tenants
+    app: object
+
+    def auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+

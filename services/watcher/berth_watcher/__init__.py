@@ -1,0 +1,1 @@
+"""Berth watcher: periodic QoS, orphan, reclaim and usage jobs."""

@@ -1,0 +1,52 @@
+"""The backend interface. Every call is idempotent: repeating it after a crash is safe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from berth_shared.errors import BerthError
+
+
+class BackendError(BerthError):
+    code = "unavailable"
+    status = 503
+    title = "Storage backend error"
+
+
+class Unsupported(BerthError):
+    code = "failed_precondition"
+    status = 409
+    title = "Not supported by this backend"
+
+
+@dataclass(frozen=True)
+class Capacity:
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class InventoryItem:
+    kind: Literal["volume", "snapshot"]
+    id: str
+    size_bytes: int
+    used_bytes: int
+
+
+class Backend(Protocol):
+    kind: str
+
+    async def create_volume(self, volume_id: str, size_bytes: int) -> None: ...
+    async def delete_volume(self, volume_id: str) -> None: ...
+    async def expand_volume(self, volume_id: str, size_bytes: int) -> None: ...
+    async def create_snapshot(self, snapshot_id: str, volume_id: str) -> None: ...
+    async def delete_snapshot(self, snapshot_id: str) -> None: ...
+    async def create_volume_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None: ...
+    async def clone_volume(self, volume_id: str, source_volume_id: str, size_bytes: int) -> None: ...
+    async def capacity(self) -> Capacity: ...
+    async def inventory(self) -> list[InventoryItem]: ...
+    # Node-side and fencing calls are filled in by the attacher and CSI work.
+    async def set_qos(self, volume_id: str, iops: int | None, bytes_per_s: int | None) -> None: ...
+    async def fence(self, node_id: str) -> None: ...
+    async def unfence(self, node_id: str) -> None: ...

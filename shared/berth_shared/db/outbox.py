@@ -1,0 +1,105 @@
+"""Transactional outbox: events are rows written with the state change, then relayed.
+
+A crash between publish and marking the row published republishes with the same
+`Nats-Msg-Id`, which JetStream's duplicate window drops; consumers also dedup by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+from nats.errors import Error as NatsError
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from berth_shared.bus.client import Bus
+from berth_shared.bus.envelope import CloudEvent
+from berth_shared.db.engine import Database
+from berth_shared.db.tables import BusTables
+from berth_shared.telemetry import Metrics, inject_headers
+
+log = logging.getLogger(__name__)
+
+
+async def enqueue(session: AsyncSession, tables: BusTables, subject: str, event: CloudEvent) -> None:
+    if event.traceparent is None:
+        carrier: dict[str, str] = {}
+        inject_headers(carrier)
+        event.traceparent = carrier.get("traceparent")
+    await session.execute(
+        tables.outbox.insert().values(event_id=event.id, subject=subject, payload=event.model_dump_json())
+    )
+
+
+class OutboxRelay:
+    def __init__(self, db: Database, tables: BusTables, bus: Bus, metrics: Metrics, poll_interval: float = 1.0) -> None:
+        self.db = db
+        self.tables = tables
+        self.bus = bus
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        """Called after a commit that wrote events, so they go out without waiting a poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self.relay_once():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS down, DB blip: keep the rows, try again later
+                log.warning("outbox relay paused: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+
+    async def relay_once(self, batch: int = 200) -> int:
+        """Publish one batch of pending events; return how many went out."""
+        ob = self.tables.outbox
+        async with self.db.transaction() as session:
+            query = select(ob.c.seq, ob.c.event_id, ob.c.subject, ob.c.payload).where(ob.c.published_at.is_(None))
+            query = query.order_by(ob.c.seq).limit(batch)
+            if not self.db.is_sqlite:
+                # Replicas share the table: each row is relayed by whoever locks it first.
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.execute(query)).all()
+            if not rows:
+                return 0
+            done: list[int] = []
+            try:
+                acks = [
+                    await self.bus.js.publish_async(
+                        r.subject, r.payload.encode(), headers={"Nats-Msg-Id": r.event_id}
+                    )
+                    for r in rows
+                ]
+                for row, fut in zip(rows, acks, strict=True):
+                    await asyncio.wait_for(fut, 5.0)
+                    done.append(row.seq)
+            except (NatsError, TimeoutError) as exc:
+                log.warning("outbox publish failed after %d of %d: %s", len(done), len(rows), exc)
+            if done:
+                await session.execute(
+                    update(ob).where(ob.c.seq.in_(done)).values(published_at=datetime.now(UTC))
+                )
+            self.metrics.events_published.labels(self.bus.service).inc(len(done))
+            if len(done) < len(rows):
+                raise RuntimeError("publish incomplete")
+            return len(done)

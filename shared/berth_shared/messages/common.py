@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# CSI volume names (pvc-<uuid>) and DNS-label-like names both fit.
+ResourceName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+ResourceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")]
+TenantName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_][a-z0-9_\-]*$")]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Reply(BaseModel):
+    """Replies and event payloads: readers ignore fields they do not know (forward compatible)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ById(Message):
+    id: ResourceId
+
+
+class ListQuery(Message):
+    limit: int = Field(default=100, ge=1, le=1000)
+    starting_token: str | None = Field(default=None, max_length=64)
+    # Admins may list another tenant's resources; ignored for everyone else.
+    tenant: TenantName | None = None

@@ -1,0 +1,210 @@
+"""Provisioner commands (`berth.provisioner.<noun>.<verb>`), replies and event payloads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from berth_shared.messages.common import ById, ListQuery, Message, Reply, ResourceId, ResourceName, TenantName
+
+PREFIX = "berth.provisioner"
+
+VolumeStatus = Literal["creating", "available", "expanding", "deleting", "error"]
+SnapshotStatus = Literal["creating", "available", "deleting", "error"]
+ClusterState = Literal["active", "draining", "readonly"]
+BackendKind = Literal["file"]
+
+MAX_VOLUME_GIB = 64 * 1024
+
+
+class VolumeCreate(Message):
+    name: ResourceName
+    size_gib: int = Field(ge=1, le=MAX_VOLUME_GIB, description="Size in GiB")
+    volume_type: ResourceName
+    zone: ResourceName | None = None
+    source_snapshot_id: ResourceId | None = None
+    source_volume_id: ResourceId | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VolumeCreate:
+        if self.source_snapshot_id and self.source_volume_id:
+            raise ValueError("give at most one of source_snapshot_id and source_volume_id")
+        return self
+
+
+class Volume(Reply):
+    id: str
+    name: str
+    tenant: str
+    size_gib: int
+    volume_type: str
+    zone: str
+    cluster_id: str
+    status: VolumeStatus
+    source_snapshot_id: str | None = None
+    source_volume_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class VolumeList(Reply):
+    items: list[Volume]
+    next_token: str | None = None
+
+
+class VolumeExpand(Message):
+    id: ResourceId
+    size_gib: int = Field(ge=1, le=MAX_VOLUME_GIB)
+
+
+class VolumeExpandBody(Message):
+    size_gib: int = Field(ge=1, le=MAX_VOLUME_GIB)
+
+
+class SnapshotCreate(Message):
+    name: ResourceName
+    volume_id: ResourceId
+
+
+class Snapshot(Reply):
+    id: str
+    name: str
+    tenant: str
+    volume_id: str
+    size_gib: int
+    cluster_id: str
+    status: SnapshotStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+class SnapshotList(Reply):
+    items: list[Snapshot]
+    next_token: str | None = None
+
+
+class SnapshotListQuery(ListQuery):
+    volume_id: ResourceId | None = None
+
+
+class ClusterRegister(Message):
+    name: ResourceName
+    backend: BackendKind = "file"
+    config: dict[str, Any] = Field(default_factory=dict)
+    volume_types: list[ResourceName] = Field(min_length=1)
+    zone: ResourceName = "default"
+    capacity_gib: int = Field(ge=1)
+    overcommit_ratio: float = Field(default=1.0, ge=1.0, le=100.0)
+    # New volumes are refused once the backend's real free space falls under this share.
+    free_floor_pct: float = Field(default=5.0, ge=0.0, lt=100.0)
+    state: ClusterState = "active"
+    allowed_tenants: list[TenantName] | None = None
+
+
+class ClusterPatch(Message):
+    state: ClusterState | None = None
+    capacity_gib: int | None = Field(default=None, ge=1)
+    overcommit_ratio: float | None = Field(default=None, ge=1.0, le=100.0)
+    volume_types: list[ResourceName] | None = Field(default=None, min_length=1)
+    allowed_tenants: list[TenantName] | None = None
+
+
+class ClusterUpdate(ClusterPatch):
+    id: ResourceId
+
+
+class Cluster(Reply):
+    id: str
+    name: str
+    backend: str
+    volume_types: list[str]
+    zone: str
+    capacity_gib: int
+    overcommit_ratio: float
+    free_floor_pct: float
+    state: ClusterState
+    allowed_tenants: list[str] | None
+    provisioned_gib: int
+    volume_count: int
+    backend_total_bytes: int | None = None
+    backend_free_bytes: int | None = None
+    created_at: datetime
+
+
+class ClusterList(Reply):
+    items: list[Cluster]
+
+
+class VolumeTypeCreate(Message):
+    name: ResourceName
+    description: str = Field(default="", max_length=500)
+
+
+class VolumeType(Reply):
+    name: str
+    description: str
+
+
+class VolumeTypeList(Reply):
+    items: list[VolumeType]
+
+
+class QuotaLimits(Message):
+    volumes: int = Field(ge=0)
+    gigabytes: int = Field(ge=0)
+
+
+class QuotaSet(QuotaLimits):
+    tenant: TenantName
+
+
+class QuotaGet(Message):
+    tenant: TenantName | None = None
+
+
+class Quota(Reply):
+    tenant: str
+    volumes: int
+    gigabytes: int
+    used_volumes: int
+    used_gigabytes: int
+
+
+class Empty(Reply):
+    pass
+
+
+# Commands: subject -> (request model, reply model). The AsyncAPI document is built from this.
+COMMANDS: dict[str, tuple[type[Message], type[Reply]]] = {
+    f"{PREFIX}.volume.create": (VolumeCreate, Volume),
+    f"{PREFIX}.volume.get": (ById, Volume),
+    f"{PREFIX}.volume.list": (ListQuery, VolumeList),
+    f"{PREFIX}.volume.expand": (VolumeExpand, Volume),
+    f"{PREFIX}.volume.delete": (ById, Empty),
+    f"{PREFIX}.snapshot.create": (SnapshotCreate, Snapshot),
+    f"{PREFIX}.snapshot.get": (ById, Snapshot),
+    f"{PREFIX}.snapshot.list": (SnapshotListQuery, SnapshotList),
+    f"{PREFIX}.snapshot.delete": (ById, Empty),
+    f"{PREFIX}.cluster.register": (ClusterRegister, Cluster),
+    f"{PREFIX}.cluster.update": (ClusterUpdate, Cluster),
+    f"{PREFIX}.cluster.list": (Empty, ClusterList),
+    f"{PREFIX}.type.create": (VolumeTypeCreate, VolumeType),
+    f"{PREFIX}.type.list": (Empty, VolumeTypeList),
+    f"{PREFIX}.quota.set": (QuotaSet, Quota),
+    f"{PREFIX}.quota.get": (QuotaGet, Quota),
+}
+
+# Events: (noun, verb) -> payload model carried in the CloudEvent's `data`.
+EVENTS: dict[tuple[str, str], type[Reply]] = {
+    ("volume", "created"): Volume,
+    ("volume", "create_failed"): Volume,
+    ("volume", "expanded"): Volume,
+    ("volume", "deleted"): Volume,
+    ("snapshot", "created"): Snapshot,
+    ("snapshot", "deleted"): Snapshot,
+    ("cluster", "registered"): Cluster,
+    ("cluster", "updated"): Cluster,
+    ("quota", "updated"): Quota,
+}

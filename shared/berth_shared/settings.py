@@ -1,0 +1,69 @@
+"""The one settings loader: every service reads `BERTH_*` environment variables through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORTS = {"provisioner": 8701, "attacher": 8702, "watcher": 8703, "alerts": 8704}
+SERVICES = tuple(DEFAULT_PORTS)
+
+
+class Settings(BaseSettings):
+    """Settings common to all services.
+
+    `BERTH_DATABASE_URL` unset means the embedded default: one SQLite file per service
+    under the data directory. On PostgreSQL each service lives in its own schema
+    (`BERTH_DB_SCHEMA`, default the service name), so services can share one database
+    without reading each other's tables.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore")
+
+    service: str = "provisioner"
+    data_dir: Path = Path(".berth")
+    nats_url: str = "nats://127.0.0.1:4322"
+    database_url: str | None = None
+    db_schema: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    auth_backend: Literal["static", "keystone"] = "static"
+    token_file: Path | None = None
+    keystone_url: str | None = None
+    keystone_service_token: SecretStr | None = None
+    log_level: str = "INFO"
+    log_json: bool = True
+    events_stream: str = "BERTH_EVENTS"
+    # How long a bus command may run before the caller gets ABORTED; the operation goes on.
+    command_timeout_s: float = Field(default=10.0, gt=0)
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0)
+    # Provisioner: the embedded default registers one file-backed cluster on first start.
+    bootstrap_file_cluster: bool = True
+    default_quota_volumes: int = Field(default=100, ge=0)
+    default_quota_gigabytes: int = Field(default=1000, ge=0)
+
+    @property
+    def port(self) -> int:
+        return self.http_port if self.http_port is not None else DEFAULT_PORTS.get(self.service, 8700)
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{self.service}.db').resolve()}"
+
+    @property
+    def schema(self) -> str:
+        return self.db_schema or self.service
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.token_file or self.data_dir / "tokens.json"
+
+
+def load_settings(service: str, **overrides: object) -> Settings:
+    """Load settings for `service` from the environment, with explicit overrides on top."""
+    return Settings(service=service, **overrides)  # type: ignore[arg-type]
