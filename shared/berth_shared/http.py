@@ -97,9 +97,11 @@ def install_http_basics(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def principal_dependency(get_validator: Callable[[Request], TokenValidator]) -> Any:
-    async def current_principal(request: Request) -> Principal:
-        token = bearer(request.headers.get("authorization"))
-        return await get_validator(request).validate(token)
+async def current_principal(request: Request) -> Principal:
+    """The caller, from `Authorization: Bearer`, checked by the service runtime's validator."""
+    token = bearer(request.headers.get("authorization"))
+    validator: TokenValidator = request.app.state.rt.validator
+    return await validator.validate(token)
 
-    return Annotated[Principal, Depends(current_principal)]
+
+Caller = Annotated[Principal, Depends(current_principal)]

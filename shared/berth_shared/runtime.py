@@ -70,7 +70,7 @@ async def run_runtime(
     configure_tracing(settings.service)
     metrics = Metrics(settings.service)
     validator = make_validator(settings)
-    db = await make_database(settings.db_url, settings.schema)
+    db = await make_database(settings.db_url, settings.schema_name)
     await upgrade(db, migrations)
     bus = await Bus.connect(settings.nats_url, settings.service)
     await bus.ensure_events_stream(settings.events_stream)

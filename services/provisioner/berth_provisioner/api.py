@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from berth_provisioner.service import Provisioner
-from berth_shared.http import principal_dependency
+from berth_shared.http import Caller
 from berth_shared.messages.common import ListQuery
 from berth_shared.messages.provisioner import (
     Cluster,
@@ -31,7 +31,6 @@ from berth_shared.messages.provisioner import (
     VolumeTypeList,
 )
 
-Caller = principal_dependency(lambda request: request.app.state.rt.validator)
 PROBLEMS = {code: {"description": "problem+json", "content": {"application/problem+json": {}}} for code in (400, 401, 403, 404, 409, 422)}
 
 

@@ -23,7 +23,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     def register(rt: Runtime) -> None:
         # Stable per host and data dir, so a restarted replica reclaims its own operations at once.
-        owner = f"{socket.gethostname()}:{settings.data_dir.resolve()}:{settings.schema}"
+        owner = f"{socket.gethostname()}:{settings.data_dir.resolve()}:{settings.schema_name}"
         runner = OperationRunner(rt.db, owner)
         svc = Provisioner(
             rt.db, rt.tables, rt.relay, runner,

@@ -12,6 +12,7 @@ from berth_shared.messages.provisioner import (
     ClusterRegister,
     ClusterUpdate,
     Empty,
+    NoArgs,
     Quota,
     QuotaGet,
     QuotaSet,
@@ -76,16 +77,16 @@ def register_commands(server: CommandServer, svc: Provisioner) -> None:
     async def cluster_update(req: ClusterUpdate, ctx: CommandContext) -> Cluster:
         return await svc.update_cluster(ctx.principal, req)
 
-    @server.command(f"{PREFIX}.cluster.list", Empty)
-    async def cluster_list(req: Empty, ctx: CommandContext) -> ClusterList:
+    @server.command(f"{PREFIX}.cluster.list", NoArgs)
+    async def cluster_list(req: NoArgs, ctx: CommandContext) -> ClusterList:
         return await svc.list_clusters(ctx.principal)
 
     @server.command(f"{PREFIX}.type.create", VolumeTypeCreate)
     async def type_create(req: VolumeTypeCreate, ctx: CommandContext) -> VolumeType:
         return await svc.create_volume_type(ctx.principal, req)
 
-    @server.command(f"{PREFIX}.type.list", Empty)
-    async def type_list(req: Empty, ctx: CommandContext) -> VolumeTypeList:
+    @server.command(f"{PREFIX}.type.list", NoArgs)
+    async def type_list(req: NoArgs, ctx: CommandContext) -> VolumeTypeList:
         return await svc.list_volume_types()
 
     @server.command(f"{PREFIX}.quota.set", QuotaSet)

@@ -15,7 +15,7 @@ from sqlalchemy import or_, select, update
 
 from berth_provisioner import tables as t
 from berth_shared.backends import BackendError
-from berth_shared.db import Database
+from berth_shared.db import Database, affected
 from berth_shared.errors import Aborted, BerthError, DeadlineExceeded
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class OperationRunner:
                 )
                 .values(owner=self.owner, lease_until=now() + LEASE, attempts=t.operations.c.attempts + 1)
             )
-            if res.rowcount != 1:
+            if affected(res) != 1:
                 return None
             row = (await s.execute(select(t.operations).where(t.operations.c.id == op_id))).one()
             return dict(row._mapping)

@@ -46,7 +46,7 @@ def cluster_view(row: Row[Any], free_fraction: float | None = None) -> ClusterVi
 
 async def insert_ignore(session: AsyncSession, table: Table, values: dict[str, Any]) -> None:
     """INSERT that does nothing when the row exists (both dialects)."""
-    ins: Any = (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)(table)
+    ins: Any = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
     await session.execute(ins.values(**values).on_conflict_do_nothing())
 
 

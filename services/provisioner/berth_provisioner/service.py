@@ -22,7 +22,7 @@ from berth_provisioner.placement import NoValidCluster, PlacementRequest, rank
 from berth_shared.auth import Principal
 from berth_shared.backends import Backend, BackendError, build_backend, validate_backend_config
 from berth_shared.bus.envelope import SYSTEM_TENANT, new_event
-from berth_shared.db import BusTables, Database
+from berth_shared.db import BusTables, Database, affected
 from berth_shared.db.outbox import OutboxRelay, enqueue
 from berth_shared.errors import (
     Aborted,
@@ -33,6 +33,7 @@ from berth_shared.errors import (
     OutOfRange,
     ResourceExhausted,
 )
+from berth_shared.faults import checkpoint
 from berth_shared.messages.common import ListQuery
 from berth_shared.messages.provisioner import (
     Cluster,
@@ -123,6 +124,7 @@ class Provisioner:
             if existing is None:
                 raise
             return await self._replay_create(existing, req, wait_s)
+        checkpoint("volume.create.after_record")
         self.runner.launch(op_id)
         await self.runner.wait(op_id, wait_s)
         return await self.get_volume(p, volume_id)
@@ -221,7 +223,7 @@ class Provisioner:
             )
             .values(used_volumes=q.used_volumes + volumes, used_gigabytes=q.used_gigabytes + gigabytes)
         )
-        if res.rowcount != 1:
+        if affected(res) != 1:
             row = (await s.execute(select(t.quotas).where(q.tenant == tenant))).one()
             raise ResourceExhausted(
                 f"quota exceeded for tenant {tenant}: {row.used_volumes}/{row.volumes} volumes, "
@@ -262,7 +264,7 @@ class Provisioner:
                 )
                 .values(provisioned_gib=c.provisioned_gib + req.size_gib, volume_count=c.volume_count + 1)
             )
-            if res.rowcount == 1:
+            if affected(res) == 1:
                 return rows[view.id]
         raise ResourceExhausted("storage clusters filled up while placing the volume; retry", reason="no_valid_cluster")
 
@@ -286,6 +288,7 @@ class Provisioner:
             await backend.clone_volume(vol.id, vol.source_volume_id, size)
         else:
             await backend.create_volume(vol.id, size)
+        checkpoint("volume.create.after_backend")
 
     async def _op_create_finish(self, op: dict[str, Any]) -> None:
         async with self.db.transaction() as s:
@@ -295,7 +298,7 @@ class Provisioner:
                 .where(t.volumes.c.id == vid, t.volumes.c.status == "creating")
                 .values(status="available", updated_at=now())
             )
-            if res.rowcount == 1:
+            if affected(res) == 1:
                 vol = await repo.volume_by_id(s, None, vid)
                 assert vol is not None
                 await self._emit(s, vol.tenant, "volume", "created", vol.id, repo.volume_out(vol).model_dump(mode="json"))
@@ -314,7 +317,7 @@ class Provisioner:
             log.warning("rollback of %s could not remove its backend file (the watcher will): %s", vid, exc)
         async with self.db.transaction() as s:
             res = await s.execute(t.volumes.delete().where(t.volumes.c.id == vid, t.volumes.c.status == "creating"))
-            if res.rowcount == 1:
+            if affected(res) == 1:
                 await self._release(s, vol)
                 data = repo.volume_out(vol).model_dump(mode="json") | {"status": "error", "error": why}
                 await self._emit(s, vol.tenant, "volume", "create_failed", vid, data)
@@ -349,6 +352,7 @@ class Provisioner:
 
     async def delete_volume(self, p: Principal, volume_id: str, wait_s: float) -> None:
         op_id = await self._start_delete(p, volume_id)
+        checkpoint("volume.delete.after_record")
         self.runner.launch(op_id)
         await self.runner.wait(op_id, wait_s)
 
@@ -373,7 +377,7 @@ class Provisioner:
                 .where(t.volumes.c.id == volume_id, t.volumes.c.status == vol.status)
                 .values(status="deleting", updated_at=now())
             )
-            if res.rowcount != 1:
+            if affected(res) != 1:
                 raise Aborted(f"volume {volume_id} changed concurrently; retry")
             op = self.runner.values("volume.delete", volume_id, vol.tenant, {"volume_id": volume_id})
             await s.execute(t.operations.insert().values(**op))
@@ -391,6 +395,7 @@ class Provisioner:
         if vol is None or vol.status != "deleting":
             return
         await (await self.backend_for(vol.cluster_id)).delete_volume(vol.id)
+        checkpoint("volume.delete.after_backend")
 
     async def _op_delete_finish(self, op: dict[str, Any]) -> None:
         vid = op["params"]["volume_id"]
@@ -399,7 +404,7 @@ class Provisioner:
             if vol is None or vol.status != "deleting":
                 return
             res = await s.execute(t.volumes.delete().where(t.volumes.c.id == vid, t.volumes.c.status == "deleting"))
-            if res.rowcount == 1:
+            if affected(res) == 1:
                 await self._release(s, vol)
                 data = repo.volume_out(vol).model_dump(mode="json")
                 await self._emit(s, vol.tenant, "volume", "deleted", vid, data)
@@ -444,7 +449,7 @@ class Provisioner:
                 .where(c.id == vol.cluster_id, c.provisioned_gib + delta <= c.capacity_gib * c.overcommit_ratio)
                 .values(provisioned_gib=c.provisioned_gib + delta)
             )
-            if res.rowcount != 1:
+            if affected(res) != 1:
                 raise ResourceExhausted(f"the volume's storage cluster has no room for {delta} GiB more", reason="cluster_full")
             await s.execute(
                 update(t.volumes).where(t.volumes.c.id == volume_id).values(status="expanding", updated_at=now())
@@ -474,7 +479,7 @@ class Provisioner:
                 .where(t.volumes.c.id == vid, t.volumes.c.status == "expanding")
                 .values(status="available", size_gib=op["params"]["size_gib"], updated_at=now())
             )
-            if res.rowcount == 1:
+            if affected(res) == 1:
                 vol = await repo.volume_by_id(s, None, vid)
                 assert vol is not None
                 await self._emit(s, vol.tenant, "volume", "expanded", vid, repo.volume_out(vol).model_dump(mode="json"))
@@ -490,7 +495,7 @@ class Provisioner:
                 .where(t.volumes.c.id == vid, t.volumes.c.status == "expanding")
                 .values(status="available", updated_at=now())
             )
-            if res.rowcount == 1 and vol is not None:
+            if affected(res) == 1 and vol is not None:
                 await self._release_quota(s, vol.tenant, 0, delta)
                 c = t.clusters.c
                 await s.execute(
@@ -517,10 +522,10 @@ class Provisioner:
         if existing.volume_id != req.volume_id:
             raise AlreadyExists(f"snapshot {req.name!r} already exists for another volume", snapshot_id=existing.id)
         if existing.status == "creating":
-            op_id = await self._pending_op(existing.id, "snapshot.create")
-            if op_id:
-                self.runner.launch(op_id)
-                await self.runner.wait(op_id, wait_s)
+            pending = await self._pending_op(existing.id, "snapshot.create")
+            if pending:
+                self.runner.launch(pending)
+                await self.runner.wait(pending, wait_s)
         return await self.get_snapshot(p, existing.id)
 
     async def _start_snapshot(self, p: Principal, req: SnapshotCreate) -> tuple[str, str]:
@@ -556,7 +561,7 @@ class Provisioner:
                 .where(t.snapshots.c.id == sid, t.snapshots.c.status == "creating")
                 .values(status="available", updated_at=now())
             )
-            if res.rowcount == 1:
+            if affected(res) == 1:
                 snap = await repo.snapshot_by_id(s, None, sid)
                 assert snap is not None
                 await self._emit(s, snap.tenant, "snapshot", "created", sid, repo.snapshot_out(snap).model_dump(mode="json"))
@@ -627,7 +632,7 @@ class Provisioner:
             if snap is None:
                 return
             res = await s.execute(t.snapshots.delete().where(t.snapshots.c.id == sid, t.snapshots.c.status == "deleting"))
-            if res.rowcount == 1:
+            if affected(res) == 1:
                 await self._emit(s, snap.tenant, "snapshot", "deleted", sid, repo.snapshot_out(snap).model_dump(mode="json"))
         self._notify()
 
@@ -680,7 +685,7 @@ class Provisioner:
                 res = await s.execute(
                     update(t.clusters).where(t.clusters.c.id == req.id).values(**changes, updated_at=now())
                 )
-                if res.rowcount != 1:
+                if affected(res) != 1:
                     raise NotFound(f"cluster {req.id} not found", reason="cluster_not_found")
             row = (await s.execute(select(t.clusters).where(t.clusters.c.id == req.id))).first()
             if row is None:

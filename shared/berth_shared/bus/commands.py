@@ -136,9 +136,9 @@ class CommandServer:
         except Exception:
             outcome = "internal"
             log.exception("command failed", extra={"subject": ep.subject})
-            err = Internal("internal error")
+            internal = Internal("internal error")
             try:
-                await req.respond_error("500", err.detail, data=json.dumps(err.to_problem(ep.subject)).encode())
+                await req.respond_error("500", internal.detail, data=json.dumps(internal.to_problem(ep.subject)).encode())
             except Exception:
                 log.warning("could not reply to %s", ep.subject)
         finally:

@@ -19,6 +19,7 @@ from berth_shared.bus.client import Bus
 from berth_shared.bus.envelope import CloudEvent
 from berth_shared.db.engine import Database
 from berth_shared.db.tables import BusTables
+from berth_shared.faults import checkpoint
 from berth_shared.telemetry import Metrics, inject_headers
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class OutboxRelay:
             except (NatsError, TimeoutError) as exc:
                 log.warning("outbox publish failed after %d of %d: %s", len(done), len(rows), exc)
             if done:
+                checkpoint("outbox.after_publish")
                 await session.execute(
                     update(ob).where(ob.c.seq.in_(done)).values(published_at=datetime.now(UTC))
                 )

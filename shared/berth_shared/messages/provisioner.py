@@ -176,6 +176,10 @@ class Empty(Reply):
     pass
 
 
+class NoArgs(Message):
+    pass
+
+
 # Commands: subject -> (request model, reply model). The AsyncAPI document is built from this.
 COMMANDS: dict[str, tuple[type[Message], type[Reply]]] = {
     f"{PREFIX}.volume.create": (VolumeCreate, Volume),
@@ -189,9 +193,9 @@ COMMANDS: dict[str, tuple[type[Message], type[Reply]]] = {
     f"{PREFIX}.snapshot.delete": (ById, Empty),
     f"{PREFIX}.cluster.register": (ClusterRegister, Cluster),
     f"{PREFIX}.cluster.update": (ClusterUpdate, Cluster),
-    f"{PREFIX}.cluster.list": (Empty, ClusterList),
+    f"{PREFIX}.cluster.list": (NoArgs, ClusterList),
     f"{PREFIX}.type.create": (VolumeTypeCreate, VolumeType),
-    f"{PREFIX}.type.list": (Empty, VolumeTypeList),
+    f"{PREFIX}.type.list": (NoArgs, VolumeTypeList),
     f"{PREFIX}.quota.set": (QuotaSet, Quota),
     f"{PREFIX}.quota.get": (QuotaGet, Quota),
 }
