@@ -70,6 +70,14 @@ def read_tokens(path: Path) -> dict[str, str]:
     return {t["name"]: t["token"] for t in data["tokens"]}
 
 
+def first_admin_token(path: Path) -> str:
+    data = json.loads(path.read_text())
+    for t in data["tokens"]:
+        if ADMIN_ROLE in t.get("roles", []):
+            return str(t["token"])
+    raise ValueError(f"no admin token in {path}")
+
+
 class StaticTokenValidator:
     """Validates against the token file; compares digests in constant time."""
 

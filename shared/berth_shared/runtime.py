@@ -17,7 +17,13 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from berth_shared.auth import KeystoneTokenValidator, StaticTokenValidator, TokenValidator, ensure_token_file
+from berth_shared.auth import (
+    KeystoneTokenValidator,
+    StaticTokenValidator,
+    TokenValidator,
+    ensure_token_file,
+    first_admin_token,
+)
 from berth_shared.bus.client import Bus
 from berth_shared.bus.commands import CommandServer
 from berth_shared.db.engine import Database, make_database
@@ -39,6 +45,14 @@ def make_validator(settings: Settings) -> TokenValidator:
         return KeystoneTokenValidator(settings.keystone_url, settings.keystone_service_token.get_secret_value())
     ensure_token_file(settings.tokens_path)
     return StaticTokenValidator(settings.tokens_path)
+
+
+def service_token(settings: Settings) -> str:
+    if settings.service_token is not None:
+        return settings.service_token.get_secret_value()
+    if settings.auth_backend == "static":
+        return first_admin_token(settings.tokens_path)
+    raise ValueError("set BERTH_SERVICE_TOKEN: this service calls others and needs a token with the admin role")
 
 
 @dataclass

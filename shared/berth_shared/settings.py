@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     token_file: Path | None = None
     keystone_url: str | None = None
     keystone_service_token: SecretStr | None = None
+    # The token this service uses to call other services (needs the admin role);
+    # unset with the static backend: the token file's first admin token.
+    service_token: SecretStr | None = None
     log_level: str = "INFO"
     log_json: bool = True
     events_stream: str = "BERTH_EVENTS"

@@ -73,7 +73,7 @@ def make_settings(
 ) -> Iterator[Callable[..., Settings]]:
     schemas: list[str] = []
 
-    def make(service: str, **overrides: Any) -> Settings:
+    def make(service: str, settings_cls: type[Settings] = Settings, **overrides: Any) -> Settings:
         schema = f"{service}_{uuid.uuid4().hex[:10]}"
         schemas.append(schema)
         values: dict[str, Any] = {
@@ -87,7 +87,7 @@ def make_settings(
             "outbox_poll_interval_s": 0.2,
         }
         values.update(overrides)
-        return Settings(**values)
+        return settings_cls(**values)
 
     yield make
     if db_url and schemas:

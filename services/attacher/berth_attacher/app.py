@@ -1,27 +1,54 @@
-"""Assembly: the FastAPI app whose lifespan runs the attacher (a healthy, empty service for now)."""
+"""Assembly: the FastAPI app whose lifespan runs the attacher and its liveness loop."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from berth_attacher.api import router
+from berth_attacher.commands import register_commands
+from berth_attacher.config import AttacherSettings
+from berth_attacher.locator import Locator
+from berth_attacher.monitor import run_monitor
+from berth_attacher.service import Attacher
 from berth_attacher.tables import bus_tables
-from berth_shared.runtime import Runtime, build_app
-from berth_shared.settings import Settings
+from berth_shared.bus.lease import Lease
+from berth_shared.runtime import Runtime, build_app, service_token
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    def register(rt: Runtime) -> None:
-        pass
+def create_app(settings: AttacherSettings) -> FastAPI:
+    app: FastAPI
+    owner = f"{socket.gethostname()}:{settings.data_dir.resolve()}:{settings.schema_name}"
 
-    return build_app(
+    def register(rt: Runtime) -> None:
+        locator = Locator(rt.bus, service_token(settings))
+        svc = Attacher(rt.db, rt.tables, rt.relay, locator, settings.policy(), owner)
+        app.state.attacher = svc
+        register_commands(rt.commands, svc)
+
+    async def on_start(rt: Runtime) -> None:
+        svc: Attacher = app.state.attacher
+        await svc.resume_fences()
+        lease = Lease(rt.bus, f"attacher-monitor-{settings.schema_name}", owner, ttl_s=max(5.0, settings.dead_after_s))
+        rt.background.append(asyncio.create_task(run_monitor(svc, lease, settings.monitor_interval_s)))
+
+    async def on_stop(rt: Runtime) -> None:
+        await app.state.attacher.stop()
+
+    app = build_app(
         settings,
         title="Berth attacher",
         description="Attachments, single writer, node liveness, fencing and failover.",
         migrations=MIGRATIONS,
         tables=bus_tables,
         register=register,
+        on_start=on_start,
+        on_stop=on_stop,
     )
+    app.include_router(router)
+    return app

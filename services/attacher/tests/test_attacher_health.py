@@ -3,12 +3,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from berth_attacher.app import create_app
+from berth_attacher.config import AttacherSettings
 from berth_shared.settings import Settings
 from berth_shared.testing import running
 
 
 async def test_attacher_starts_healthy_and_ready(make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings("attacher"))
+    app = create_app(make_settings("attacher", AttacherSettings))
     async with running(app) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from berth_provisioner.service import Provisioner
 from berth_shared.http import Caller
-from berth_shared.messages.common import ListQuery
+from berth_shared.messages.common import RESOURCE_ID_PATTERN, TENANT_NAME_PATTERN, ListQuery
 from berth_shared.messages.provisioner import (
     Cluster,
     ClusterList,
@@ -30,6 +30,12 @@ from berth_shared.messages.provisioner import (
     VolumeTypeCreate,
     VolumeTypeList,
 )
+
+# Ids in paths and queries are checked like the bus's: a malformed one is a 422, and a NUL
+# byte never reaches PostgreSQL (which refuses it in text, which would be a 500).
+PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=RESOURCE_ID_PATTERN)]
+PathTenant = Annotated[str, Path(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)]
+QueryId = Annotated[str | None, Query(min_length=1, max_length=64, pattern=RESOURCE_ID_PATTERN)]
 
 PROBLEMS = {code: {"description": "problem+json", "content": {"application/problem+json": {}}} for code in (400, 401, 403, 404, 409, 422)}
 
@@ -57,24 +63,24 @@ async def list_volumes(
     request: Request,
     caller: Caller,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    starting_token: Annotated[str | None, Query(max_length=64)] = None,
+    starting_token: QueryId = None,
     tenant: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z0-9_][a-z0-9_\-]*$")] = None,
 ) -> VolumeList:
     return await _svc(request).list_volumes(caller, ListQuery(limit=limit, starting_token=starting_token, tenant=tenant))
 
 
 @router.get("/volumes/{volume_id}", tags=["volumes"])
-async def get_volume(volume_id: str, request: Request, caller: Caller) -> Volume:
+async def get_volume(volume_id: PathId, request: Request, caller: Caller) -> Volume:
     return await _svc(request).get_volume(caller, volume_id)
 
 
 @router.post("/volumes/{volume_id}/expand", tags=["volumes"])
-async def expand_volume(volume_id: str, body: VolumeExpandBody, request: Request, caller: Caller) -> Volume:
+async def expand_volume(volume_id: PathId, body: VolumeExpandBody, request: Request, caller: Caller) -> Volume:
     return await _svc(request).expand_volume(caller, volume_id, body.size_gib, _wait(request))
 
 
 @router.delete("/volumes/{volume_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["volumes"])
-async def delete_volume(volume_id: str, request: Request, caller: Caller) -> Response:
+async def delete_volume(volume_id: PathId, request: Request, caller: Caller) -> Response:
     await _svc(request).delete_volume(caller, volume_id, _wait(request))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -88,21 +94,21 @@ async def create_snapshot(body: SnapshotCreate, request: Request, caller: Caller
 async def list_snapshots(
     request: Request,
     caller: Caller,
-    volume_id: Annotated[str | None, Query(max_length=64)] = None,
+    volume_id: QueryId = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    starting_token: Annotated[str | None, Query(max_length=64)] = None,
+    starting_token: QueryId = None,
 ) -> SnapshotList:
     q = SnapshotListQuery(volume_id=volume_id, limit=limit, starting_token=starting_token)
     return await _svc(request).list_snapshots(caller, q)
 
 
 @router.get("/snapshots/{snapshot_id}", tags=["snapshots"])
-async def get_snapshot(snapshot_id: str, request: Request, caller: Caller) -> Snapshot:
+async def get_snapshot(snapshot_id: PathId, request: Request, caller: Caller) -> Snapshot:
     return await _svc(request).get_snapshot(caller, snapshot_id)
 
 
 @router.delete("/snapshots/{snapshot_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["snapshots"])
-async def delete_snapshot(snapshot_id: str, request: Request, caller: Caller) -> Response:
+async def delete_snapshot(snapshot_id: PathId, request: Request, caller: Caller) -> Response:
     await _svc(request).delete_snapshot(caller, snapshot_id, _wait(request))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -119,7 +125,7 @@ async def list_clusters(request: Request, caller: Caller) -> ClusterList:
 
 
 @router.patch("/clusters/{cluster_id}", tags=["clusters (admin)"])
-async def update_cluster(cluster_id: str, body: ClusterPatch, request: Request, caller: Caller) -> Cluster:
+async def update_cluster(cluster_id: PathId, body: ClusterPatch, request: Request, caller: Caller) -> Cluster:
     """Change a cluster's state (active/draining/readonly), capacity, ratio, types or tenants."""
     return await _svc(request).update_cluster(caller, ClusterUpdate(id=cluster_id, **body.model_dump(exclude_unset=True)))
 
@@ -135,12 +141,12 @@ async def list_volume_types(request: Request, caller: Caller) -> VolumeTypeList:
 
 
 @router.put("/quotas/{tenant}", tags=["quotas"])
-async def set_quota(tenant: str, body: QuotaLimits, request: Request, caller: Caller) -> Quota:
+async def set_quota(tenant: PathTenant, body: QuotaLimits, request: Request, caller: Caller) -> Quota:
     return await _svc(request).set_quota(caller, QuotaSet(tenant=tenant, volumes=body.volumes, gigabytes=body.gigabytes))
 
 
 @router.get("/quotas/{tenant}", tags=["quotas"])
-async def get_quota(tenant: str, request: Request, caller: Caller) -> Quota:
+async def get_quota(tenant: PathTenant, request: Request, caller: Caller) -> Quota:
     return await _svc(request).get_quota(caller, tenant)
 
 

@@ -24,6 +24,7 @@ from berth_shared.messages.provisioner import (
     VolumeCreate,
     VolumeExpand,
     VolumeList,
+    VolumeLocation,
     VolumeType,
     VolumeTypeCreate,
     VolumeTypeList,
@@ -51,6 +52,10 @@ def register_commands(server: CommandServer, svc: Provisioner) -> None:
     async def volume_delete(req: ById, ctx: CommandContext) -> Empty:
         await svc.delete_volume(ctx.principal, req.id, ctx.remaining_s())
         return Empty()
+
+    @server.command(f"{PREFIX}.volume.locate", ById)
+    async def volume_locate(req: ById, ctx: CommandContext) -> VolumeLocation:
+        return await svc.locate_volume(ctx.principal, req.id)
 
     @server.command(f"{PREFIX}.snapshot.create", SnapshotCreate)
     async def snapshot_create(req: SnapshotCreate, ctx: CommandContext) -> Snapshot:

@@ -49,6 +49,7 @@ from berth_shared.messages.provisioner import (
     Volume,
     VolumeCreate,
     VolumeList,
+    VolumeLocation,
     VolumeType,
     VolumeTypeCreate,
     VolumeTypeList,
@@ -338,6 +339,16 @@ class Provisioner:
         if row is None:
             raise NotFound(f"volume {volume_id} not found", reason="volume_not_found")
         return repo.volume_out(row)
+
+    async def locate_volume(self, p: Principal, volume_id: str) -> VolumeLocation:
+        """The volume with its cluster's backend kind and config: for services, not tenants."""
+        p.require_admin()
+        async with self.db.sessions() as s:
+            row = await repo.volume_by_id(s, None, volume_id)
+            if row is None:
+                raise NotFound(f"volume {volume_id} not found", reason="volume_not_found")
+            cluster = (await s.execute(select(t.clusters).where(t.clusters.c.id == row.cluster_id))).one()
+        return VolumeLocation(volume=repo.volume_out(row), backend=cluster.backend, config=dict(cluster.config))
 
     async def list_volumes(self, p: Principal, q: ListQuery) -> VolumeList:
         tenant = q.tenant if (p.is_admin and q.tenant) else p.tenant

@@ -1,12 +1,13 @@
 """Storage backends behind one interface; `build_backend` picks the implementation per cluster."""
 
-from berth_shared.backends.base import Backend, BackendError, Capacity, InventoryItem, Unsupported
+from berth_shared.backends.base import Backend, BackendError, Capacity, FenceTarget, InventoryItem, Unsupported
 from berth_shared.backends.registry import build_backend, validate_backend_config
 
 __all__ = [
     "Backend",
     "BackendError",
     "Capacity",
+    "FenceTarget",
     "InventoryItem",
     "Unsupported",
     "build_backend",

@@ -34,6 +34,16 @@ class InventoryItem:
     used_bytes: int
 
 
+@dataclass(frozen=True)
+class FenceTarget:
+    """What to cut off: a node, the volumes it had on this cluster, and the storage client
+    addresses it was seen with (Ceph blocklists addresses, not node names)."""
+
+    node_id: str
+    volume_ids: tuple[str, ...]
+    client_addresses: tuple[str, ...] = ()
+
+
 class Backend(Protocol):
     kind: str
 
@@ -46,7 +56,13 @@ class Backend(Protocol):
     async def clone_volume(self, volume_id: str, source_volume_id: str, size_bytes: int) -> None: ...
     async def capacity(self) -> Capacity: ...
     async def inventory(self) -> list[InventoryItem]: ...
-    # Node-side and fencing calls are filled in by the attacher and CSI work.
     async def set_qos(self, volume_id: str, iops: int | None, bytes_per_s: int | None) -> None: ...
-    async def fence(self, node_id: str) -> None: ...
-    async def unfence(self, node_id: str) -> None: ...
+    def node_context(self, volume_id: str) -> dict[str, str]:
+        """What a node needs to attach the volume (CSI publish_context)."""
+        ...
+
+    async def fence(self, target: FenceTarget) -> list[str]:
+        """Cut the node off at the storage; return what was cut, for the fence record."""
+        ...
+
+    async def unfence(self, target: FenceTarget) -> list[str]: ...

@@ -15,16 +15,18 @@ import os
 import re
 from pathlib import Path
 
-from berth_shared.backends.base import BackendError, Capacity, InventoryItem, Unsupported
-from berth_shared.errors import FailedPrecondition, NotFound
+from berth_shared.backends.base import BackendError, Capacity, FenceTarget, InventoryItem, Unsupported
+from berth_shared.errors import FailedPrecondition, NotFound, OutOfRange
+from berth_shared.node.host import cut_off_file
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
 _TMP_SUFFIX = ".partial"
 
 
 def _check_id(value: str) -> str:
-    if not _ID.match(value):
+    # fullmatch, not match: `$` also matches before a trailing newline ("vol\n").
+    if not _ID.fullmatch(value):
         raise ValueError(f"invalid backend object id {value!r}")
     return value
 
@@ -37,35 +39,68 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sparse_copy(src: Path, dst: Path) -> None:
-    """Copy only the data extents, keeping holes: a reflink when the file system can."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
-                raise
-        size = os.fstat(fin.fileno()).st_size
+def _open_private(path: Path) -> int:
+    """Open `path` empty, write-only and 0600: it holds a tenant's data.
+
+    O_CREAT's mode does not apply to a file that already exists (a crash's leftover
+    `.partial`), hence the explicit fchmod.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _sparse_copy(src: Path, dst: Path, *, reflink: bool = True) -> bool:
+    """Copy `src` to `dst` keeping holes; return True when it was a reflink.
+
+    With `reflink` (the default) the file system is first asked for a copy-on-write clone
+    (FICLONE: btrfs, XFS, bcachefs...); where it cannot, only the data extents are copied
+    (SEEK_DATA/SEEK_HOLE + copy_file_range), so a thin file stays thin. `dst` is
+    truncated first and fsync'd before returning, so the caller can rename it into place.
+    """
+    with open(src, "rb") as fin, os.fdopen(_open_private(dst), "wb") as fout:
         src_fd, dst_fd = fin.fileno(), fout.fileno()
-        offset = 0
-        while offset < size:
-            try:
-                data = os.lseek(src_fd, offset, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole remains
-                    break
-                raise
-            hole = os.lseek(src_fd, data, os.SEEK_HOLE)
-            pos = data
-            while pos < hole:
-                copied = os.copy_file_range(src_fd, dst_fd, hole - pos, pos, pos)
-                if copied == 0:
-                    break
-                pos += copied
-            offset = hole
-        os.ftruncate(dst_fd, size)
+        cloned = reflink and _try_reflink(src_fd, dst_fd)
+        if not cloned:
+            _copy_data_extents(src_fd, dst_fd)
         os.fsync(dst_fd)
+    return cloned
+
+
+def _try_reflink(src_fd: int, dst_fd: int) -> bool:
+    """FICLONE `src_fd` into `dst_fd`; False when the file system cannot share extents."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
+            raise
+        return False
+    return True
+
+
+def _copy_data_extents(src_fd: int, dst_fd: int) -> None:
+    size = os.fstat(src_fd).st_size
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole remains
+                break
+            raise
+        hole = os.lseek(src_fd, data, os.SEEK_HOLE)
+        pos = data
+        while pos < hole:
+            copied = os.copy_file_range(src_fd, dst_fd, hole - pos, pos, pos)
+            if copied == 0:
+                break
+            pos += copied
+        offset = hole
+    os.ftruncate(dst_fd, size)
 
 
 class FileBackend:
@@ -122,11 +157,16 @@ class FileBackend:
             return
         tmp = path.with_name(path.name + _TMP_SUFFIX)
         if source is not None:
+            # Checked before copying: a volume bigger than asked would make the retry of
+            # this very call fail with FailedPrecondition above.
+            source_size = source.stat().st_size
+            if source_size > size_bytes:
+                raise OutOfRange(f"{path.name} cannot be {size_bytes} bytes, smaller than its source's {source_size}")
             _sparse_copy(source, tmp)
-            if tmp.stat().st_size < size_bytes:
+            if source_size < size_bytes:
                 os.truncate(tmp, size_bytes)
         else:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = _open_private(tmp)
             try:
                 os.ftruncate(fd, size_bytes)
                 os.fsync(fd)
@@ -197,7 +237,10 @@ class FileBackend:
                 for entry in os.scandir(folder):
                     if not entry.name.endswith(".img"):
                         continue
-                    st = entry.stat()
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:  # deleted while we scanned
+                        continue
                     items.append(
                         InventoryItem(
                             kind=kind,  # type: ignore[arg-type]
@@ -210,13 +253,22 @@ class FileBackend:
 
         return await asyncio.to_thread(_scan)
 
-    # -- node side and fencing: the attacher/CSI issues add these ---------------
+    # -- node side and fencing ----------------------------------------------------
 
     async def set_qos(self, volume_id: str, iops: int | None, bytes_per_s: int | None) -> None:
         raise Unsupported("the file backend has no per-volume IO limits yet")
 
-    async def fence(self, node_id: str) -> None:
-        raise Unsupported("file backend fencing is provided by the attacher")
+    def node_context(self, volume_id: str) -> dict[str, str]:
+        return {"path": str(self.volume_path(volume_id).resolve())}
 
-    async def unfence(self, node_id: str) -> None:
-        raise Unsupported("file backend fencing is provided by the attacher")
+    async def fence(self, target: FenceTarget) -> list[str]:
+        """The file backend is one host's storage, so the storage side can reach the node's
+        use of each file directly: shut down the file systems on its loop devices (every
+        later I/O fails), unmount them and detach the loops. Data already written stays."""
+        cut: list[str] = []
+        for volume_id in target.volume_ids:
+            cut += await cut_off_file(self.volume_path(volume_id))
+        return cut
+
+    async def unfence(self, target: FenceTarget) -> list[str]:
+        return []  # nothing stays blocked: the fence tore the node's access down

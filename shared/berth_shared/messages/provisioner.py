@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -18,10 +18,14 @@ BackendKind = Literal["file"]
 
 MAX_VOLUME_GIB = 64 * 1024
 
+# Counts and sizes are strict JSON integers: in lax mode pydantic reads `true` as 1 and
+# "2" as 2, so a client's type mix-up would silently create a volume of the wrong size.
+SizeGiB = Annotated[int, Field(strict=True, ge=1, le=MAX_VOLUME_GIB, description="Size in GiB")]
+
 
 class VolumeCreate(Message):
     name: ResourceName
-    size_gib: int = Field(ge=1, le=MAX_VOLUME_GIB, description="Size in GiB")
+    size_gib: SizeGiB
     volume_type: ResourceName
     zone: ResourceName | None = None
     source_snapshot_id: ResourceId | None = None
@@ -54,13 +58,21 @@ class VolumeList(Reply):
     next_token: str | None = None
 
 
+class VolumeLocation(Reply):
+    """Where a volume lives, for the attacher and the node side (admin/service only)."""
+
+    volume: Volume
+    backend: str
+    config: dict[str, Any]
+
+
 class VolumeExpand(Message):
     id: ResourceId
-    size_gib: int = Field(ge=1, le=MAX_VOLUME_GIB)
+    size_gib: SizeGiB
 
 
 class VolumeExpandBody(Message):
-    size_gib: int = Field(ge=1, le=MAX_VOLUME_GIB)
+    size_gib: SizeGiB
 
 
 class SnapshotCreate(Message):
@@ -95,7 +107,7 @@ class ClusterRegister(Message):
     config: dict[str, Any] = Field(default_factory=dict)
     volume_types: list[ResourceName] = Field(min_length=1)
     zone: ResourceName = "default"
-    capacity_gib: int = Field(ge=1)
+    capacity_gib: int = Field(strict=True, ge=1)
     overcommit_ratio: float = Field(default=1.0, ge=1.0, le=100.0)
     # New volumes are refused once the backend's real free space falls under this share.
     free_floor_pct: float = Field(default=5.0, ge=0.0, lt=100.0)
@@ -105,7 +117,7 @@ class ClusterRegister(Message):
 
 class ClusterPatch(Message):
     state: ClusterState | None = None
-    capacity_gib: int | None = Field(default=None, ge=1)
+    capacity_gib: int | None = Field(default=None, strict=True, ge=1)
     overcommit_ratio: float | None = Field(default=None, ge=1.0, le=100.0)
     volume_types: list[ResourceName] | None = Field(default=None, min_length=1)
     allowed_tenants: list[TenantName] | None = None
@@ -152,8 +164,8 @@ class VolumeTypeList(Reply):
 
 
 class QuotaLimits(Message):
-    volumes: int = Field(ge=0)
-    gigabytes: int = Field(ge=0)
+    volumes: int = Field(strict=True, ge=0)
+    gigabytes: int = Field(strict=True, ge=0)
 
 
 class QuotaSet(QuotaLimits):
@@ -187,6 +199,7 @@ COMMANDS: dict[str, tuple[type[Message], type[Reply]]] = {
     f"{PREFIX}.volume.list": (ListQuery, VolumeList),
     f"{PREFIX}.volume.expand": (VolumeExpand, Volume),
     f"{PREFIX}.volume.delete": (ById, Empty),
+    f"{PREFIX}.volume.locate": (ById, VolumeLocation),
     f"{PREFIX}.snapshot.create": (SnapshotCreate, Snapshot),
     f"{PREFIX}.snapshot.get": (ById, Snapshot),
     f"{PREFIX}.snapshot.list": (SnapshotListQuery, SnapshotList),

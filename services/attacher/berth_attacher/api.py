@@ -1,0 +1,109 @@
+"""HTTP API (/v1) of the attacher."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from berth_attacher.service import Attacher
+from berth_shared.http import Caller
+from berth_shared.messages.attacher import (
+    Attachment,
+    AttachmentList,
+    AttachmentQuery,
+    FenceList,
+    Heartbeat,
+    HeartbeatReply,
+    Node,
+    DownReason,
+    NodeDown,
+    NodeList,
+    NodeSignals,
+    NodeStatus,
+    Publish,
+    UnfenceBody,
+    UnfenceRequest,
+    Unpublish,
+)
+
+PROBLEMS = {code: {"description": "problem+json", "content": {"application/problem+json": {}}} for code in (400, 401, 403, 404, 409, 422)}
+router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
+
+
+def _svc(request: Request) -> Attacher:
+    svc: Attacher = request.app.state.attacher
+    return svc
+
+
+@router.post("/attachments", status_code=status.HTTP_201_CREATED, tags=["attachments"])
+async def publish(body: Publish, request: Request, caller: Caller) -> Attachment:
+    """Grant a node access to a volume. A single-writer volume held by another node: 409 naming the holder."""
+    return await _svc(request).publish(caller, body)
+
+
+@router.delete("/attachments", status_code=status.HTTP_204_NO_CONTENT, tags=["attachments"])
+async def unpublish(
+    request: Request, caller: Caller, volume_id: Annotated[str, Query(max_length=64)], node_id: Annotated[str, Query(max_length=128)]
+) -> Response:
+    await _svc(request).unpublish(caller, Unpublish(volume_id=volume_id, node_id=node_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/attachments", tags=["attachments"])
+async def list_attachments(
+    request: Request,
+    caller: Caller,
+    volume_id: Annotated[str | None, Query(max_length=64)] = None,
+    node_id: Annotated[str | None, Query(max_length=128)] = None,
+) -> AttachmentList:
+    return await _svc(request).list_attachments(caller, AttachmentQuery(volume_id=volume_id, node_id=node_id))
+
+
+@router.post("/nodes/heartbeat", tags=["nodes"])
+async def heartbeat(body: Heartbeat, request: Request, caller: Caller) -> HeartbeatReply:
+    return await _svc(request).heartbeat(caller, body)
+
+
+@router.get("/nodes", tags=["nodes"])
+async def list_nodes(request: Request, caller: Caller) -> NodeList:
+    return await _svc(request).list_nodes(caller)
+
+
+@router.get("/nodes/{node_id}", tags=["nodes"])
+async def get_node(node_id: str, request: Request, caller: Caller) -> Node:
+    return await _svc(request).get_node(caller, node_id)
+
+
+@router.post("/nodes/{node_id}/status", tags=["nodes (admin)"])
+async def node_status(node_id: str, body: NodeSignals, request: Request, caller: Caller) -> Node:
+    """Signals from outside the node: Kubernetes Ready condition, out-of-service taint."""
+    return await _svc(request).node_status(caller, NodeStatus(node_id=node_id, **body.model_dump()))
+
+
+@router.post("/nodes/{node_id}/down", tags=["nodes (admin)"])
+async def node_down(node_id: str, body: DownReason, request: Request, caller: Caller) -> Node:
+    """Declare a node down: it is fenced as the policy allows, then its volumes move."""
+    return await _svc(request).node_down(caller, NodeDown(node_id=node_id, reason=body.reason))
+
+
+@router.post("/nodes/{node_id}/fence", tags=["nodes (admin)"])
+async def approve_fence(node_id: str, request: Request, caller: Caller) -> Node:
+    return await _svc(request).approve_fence(caller, node_id)
+
+
+@router.post("/nodes/{node_id}/unfence", tags=["nodes"])
+async def unfence(node_id: str, body: UnfenceBody, request: Request, caller: Caller) -> Node:
+    """A node agent, having dropped every mount, asks to be unfenced."""
+    return await _svc(request).request_unfence(caller, UnfenceRequest(node_id=node_id, **body.model_dump()))
+
+
+@router.post("/nodes/{node_id}/force-unfence", tags=["nodes (admin)"])
+async def force_unfence(node_id: str, request: Request, caller: Caller) -> Node:
+    """An admin vouches that the node holds nothing any more and unfences it."""
+    return await _svc(request).admin_unfence(caller, node_id)
+
+
+@router.get("/fences", tags=["nodes (admin)"])
+async def list_fences(request: Request, caller: Caller, node_id: Annotated[str | None, Query(max_length=128)] = None) -> FenceList:
+    return await _svc(request).list_fences(caller, node_id)

@@ -1,0 +1,69 @@
+"""Who may be granted a volume (pure; no I/O). The single-writer invariant lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from berth_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from berth_shared.messages.attacher import SINGLE_NODE_MODES
+
+SHARED_FS_BACKENDS = frozenset({"cephfs", "manila"})
+
+
+@dataclass(frozen=True)
+class Grant:
+    node_id: str
+    access_mode: str
+    readonly: bool
+
+
+def check_mode(access_mode: str, readonly: bool, backend: str) -> None:
+    if access_mode == "multi_node_multi_writer" and backend not in SHARED_FS_BACKENDS:
+        raise InvalidArgument(
+            f"access mode {access_mode} needs a shared file system; backend {backend} is block storage",
+            reason="access_mode_unsupported",
+        )
+    if access_mode in ("single_node_reader_only", "multi_node_reader_only") and not readonly:
+        raise InvalidArgument(f"access mode {access_mode} must be published readonly", reason="readonly_required")
+
+
+def writes(g: Grant) -> bool:
+    return not g.readonly
+
+
+def decide(existing: list[Grant], want: Grant) -> Grant | None:
+    """Return the existing grant when `want` repeats it (idempotent), None when a new grant
+    is allowed; raise when it would break the single-writer invariant."""
+    for g in existing:
+        if g.node_id == want.node_id:
+            if g.access_mode == want.access_mode and g.readonly == want.readonly:
+                return g
+            raise AlreadyExists(
+                f"volume already published to {g.node_id} with {g.access_mode}"
+                f"{' (readonly)' if g.readonly else ''}; unpublish first",
+                reason="incompatible_publish",
+            )
+    others = [g for g in existing if g.node_id != want.node_id]
+    if not others:
+        return None
+    holder = others[0]
+    if want.access_mode in SINGLE_NODE_MODES or any(g.access_mode in SINGLE_NODE_MODES for g in others):
+        raise FailedPrecondition(
+            f"volume is published to node {holder.node_id}; it can be attached elsewhere only after that node "
+            "detaches it or is fenced",
+            reason="published_elsewhere",
+            holder=holder.node_id,
+        )
+    if want.access_mode == "multi_node_multi_writer":
+        return None
+    if writes(want) and any(writes(g) for g in others):
+        writer = next(g for g in others if writes(g))
+        raise FailedPrecondition(
+            f"volume already has a writer on node {writer.node_id}", reason="published_elsewhere", holder=writer.node_id
+        )
+    if want.access_mode == "multi_node_reader_only" and any(writes(g) for g in others):
+        writer = next(g for g in others if writes(g))
+        raise FailedPrecondition(
+            f"volume is written on node {writer.node_id}", reason="published_elsewhere", holder=writer.node_id
+        )
+    return None

@@ -1,0 +1,1 @@
+"""Node-side storage operations (attach, mount, detach) used by the CSI adapter and attacher."""
