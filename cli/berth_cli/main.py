@@ -14,7 +14,9 @@ from berth_shared.settings import DEFAULT_PORTS
 
 app = typer.Typer(help="Berth: storage control plane for Kubernetes on OpenStack and Ceph.", no_args_is_help=True)
 
-DataDir = Annotated[Path, typer.Option("--data-dir", envvar="BERTH_DATA_DIR", help="Where the embedded stack keeps everything.")]
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", envvar="BERTH_DATA_DIR", help="Where the embedded stack keeps everything.")
+]
 
 
 @app.command()
@@ -33,6 +35,9 @@ def up(
         run_up(StackConfig(data_dir=data_dir, host=host, nats_port=nats_port, ports=ports), echo=typer.echo)
     except AlreadyRunning as exc:
         typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except (RuntimeError, TimeoutError, OSError) as exc:  # a part did not start; everything is stopped again
+        typer.echo(f"berth up failed: {exc}", err=True)
         raise typer.Exit(1) from None
 
 

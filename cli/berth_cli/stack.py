@@ -36,14 +36,16 @@ class StackConfig:
 def take_lock(data_dir: Path) -> IO[str]:
     """Hold `up.lock` for the stack's lifetime; a second `berth up` finds it taken."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / "up.lock", "a+")
+    handle = open(data_dir / "up.lock", "a+")  # noqa: SIM115 - held (locked) until the stack stops
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         pid = handle.read().strip() or "?"
         handle.close()
-        raise AlreadyRunning(f"berth is already running from {data_dir} (pid {pid}); stop it with Ctrl-C there") from None
+        raise AlreadyRunning(
+            f"berth is already running from {data_dir} (pid {pid}); stop it with Ctrl-C there"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
@@ -90,7 +92,9 @@ class Stack:
         while time.monotonic() < deadline:
             proc = self.procs[service]
             if proc.poll() is not None:
-                raise RuntimeError(f"{service} exited with {proc.returncode}; see {self.data_dir / 'logs' / service}.log")
+                raise RuntimeError(
+                    f"{service} exited with {proc.returncode}; see {self.data_dir / 'logs' / service}.log"
+                )
             try:
                 if httpx.get(url, timeout=1.0).status_code == 200:
                     return
@@ -117,7 +121,9 @@ class Stack:
         while not self._stopping:
             for service, proc in list(self.procs.items()):
                 if proc.poll() is not None and not self._stopping:
-                    self.echo(f"{service} exited with {proc.returncode}; restarting (log: {self.data_dir}/logs/{service}.log)")
+                    self.echo(
+                        f"{service} exited with {proc.returncode}; restarting (log: {self.data_dir}/logs/{service}.log)"
+                    )
                     self.start_service(service)
             time.sleep(0.5)
 

@@ -1,0 +1,238 @@
+"""`berth up` as a user runs it: the whole embedded stack in a subprocess, Ctrl-C, start again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from berth_shared.natsserver import free_port
+from berth_shared.settings import SERVICES
+
+pytestmark = pytest.mark.slow
+
+BERTH = str(Path(sys.executable).parent / "berth")
+START_TIMEOUT = 180.0
+STOP_TIMEOUT = 30.0
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout}s")
+        time.sleep(0.1)
+
+
+def clean_env() -> dict[str, str]:
+    """The embedded default, whatever the test run's BERTH_* settings (e.g. PostgreSQL in CI)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process under `pid`, with its command line (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = cmdline(child)
+                frontier.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def using(data_dir: Path) -> list[int]:
+    """Processes whose command line or environment names the data directory."""
+    needle = str(data_dir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if alive(int(entry.name)) and any(needle in (entry / f).read_bytes() for f in ("cmdline", "environ")):
+                    found.append(int(entry.name))
+    return found
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Up:
+    """One `berth up` in the foreground of a subprocess; its output gathered by a thread."""
+
+    def __init__(self, data_dir: Path, ports: dict[str, int]) -> None:
+        self.data_dir = data_dir
+        self.ports = ports
+        self.lines: list[str] = []
+        self.children: dict[int, str] = {}
+        args = [BERTH, "up", "--data-dir", str(data_dir), "--nats-port", str(ports["nats"])]
+        for service in SERVICES:
+            args += [f"--{service}-port", str(ports[service])]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(), start_new_session=True
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_up(self) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"berth up exited with {self.proc.returncode}:\n{self.output}")
+            return "berth is up" in self.output
+
+        wait_for(up, START_TIMEOUT, f"berth up\n{self.output}")
+        self.children = descendants(self.proc.pid)
+
+    def interrupt(self) -> int:
+        """Ctrl-C: SIGINT to the foreground process group; the exit code."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"berth up did not stop in {STOP_TIMEOUT}s:\n{self.output}") from None
+
+    def kill(self) -> None:
+        """Last resort after a failed test: nothing may outlive it."""
+        ours = {**self.children, **descendants(self.proc.pid)}
+        pids = [self.proc.pid, *(pid for pid, cmd in ours.items() if cmd and cmd == cmdline(pid))]  # no reused pid
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[Callable[[], Up]]:
+    data_dir = tmp_path / "berth data"  # a space, as users' paths have
+    ports = {"nats": free_port(), **{service: free_port() for service in SERVICES}}
+    started: list[Up] = []
+
+    def start() -> Up:
+        up = Up(data_dir, ports)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        if up.proc.poll() is None:
+            up.kill()
+
+
+def assert_stopped_cleanly(up: Up) -> None:
+    assert up.interrupt() == 0, up.output
+    assert "stopped." in up.output
+    wait_for(lambda: not any(alive(pid) for pid in up.children), 10, f"leftover processes {up.children}")
+    assert using(up.data_dir) == [], "no process of this stack is left"
+    wait_for(lambda: not any(listening(port) for port in up.ports.values()), 10, f"ports still open {up.ports}")
+
+
+def test_berth_up_serves_stops_cleanly_and_keeps_data(start_up: Callable[[], Up]) -> None:
+    t0 = time.monotonic()
+    up = start_up()
+    up.wait_up()
+    started_in = time.monotonic() - t0
+
+    # Every service is ready where `berth up` says it listens; one nats-server and one process each.
+    for service in SERVICES:
+        url = f"http://127.0.0.1:{up.ports[service]}"
+        assert url in up.output
+        assert httpx.get(f"{url}/readyz", timeout=5).json()["status"] == "ready"
+    assert f"nats://127.0.0.1:{up.ports['nats']}" in up.output
+    commands = sorted(up.children.values())
+    assert len(commands) == 1 + len(SERVICES), commands
+    assert sum("nats-server" in c for c in commands) == 1
+    for service in SERVICES:
+        assert sum(f"berth_{service}" in c for c in commands) == 1, commands
+    assert set(up.children) | {up.proc.pid} == set(using(up.data_dir)), "the leftover check sees every part"
+
+    # A second `berth up` on the same data directory says so and leaves the first alone.
+    second = subprocess.run(
+        [BERTH, "up", "--data-dir", str(up.data_dir), "--nats-port", str(free_port())],
+        capture_output=True, text=True, timeout=60, env=clean_env(),
+    )  # fmt: skip
+    assert second.returncode == 1, second
+    assert "already running" in second.stderr and str(up.proc.pid) in second.stderr
+    assert up.proc.poll() is None
+
+    tokens_run = subprocess.run(
+        [BERTH, "tokens", "--data-dir", str(up.data_dir), "--json"],
+        capture_output=True, text=True, timeout=60, env=clean_env(), check=True,
+    )  # fmt: skip
+    tokens = json.loads(tokens_run.stdout)
+    prov = f"http://127.0.0.1:{up.ports['provisioner']}"
+    demo = {"Authorization": f"Bearer {tokens['demo']}"}
+    resp = httpx.post(
+        f"{prov}/v1/volumes", json={"name": "kept", "size_gib": 2, "volume_type": "standard"}, headers=demo, timeout=30
+    )
+    assert resp.status_code == 201, resp.text
+    volume = resp.json()
+    assert volume["status"] == "available"
+
+    t1 = time.monotonic()
+    assert_stopped_cleanly(up)
+    stopped_in = time.monotonic() - t1
+
+    # Start again: same tokens, same volume, and the CLI finds both through the data directory.
+    again = start_up()
+    again.wait_up()
+    got = httpx.get(f"{prov}/v1/volumes/{volume['id']}", headers=demo, timeout=10)
+    assert got.status_code == 200, got.text
+    assert (got.json()["name"], got.json()["status"]) == ("kept", "available")
+    listed = subprocess.run(
+        [BERTH, "volumes", "list", "--url", prov, "--json"],
+        capture_output=True, text=True, timeout=60, env={**clean_env(), "BERTH_DATA_DIR": str(up.data_dir)},
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert [v["id"] for v in json.loads(listed.stdout)["items"]] == [volume["id"]]
+    assert_stopped_cleanly(again)
+    print(f"berth up: ready in {started_in:.1f}s, stopped in {stopped_in:.1f}s")
