@@ -8,9 +8,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -56,6 +58,7 @@ class EventConsumer:
         self.ack_wait = ack_wait
         self.batch = batch
         self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
         config = ConsumerConfig(
@@ -66,22 +69,32 @@ class EventConsumer:
             max_deliver=self.max_deliver,
             ack_wait=self.ack_wait,
         )
-        sub = await self.bus.js.pull_subscribe(
+        self._sub = await self.bus.js.pull_subscribe(
             self.filter_subject, durable=self.durable, stream=self.stream, config=config
         )
-        self._task = asyncio.create_task(self._run(sub), name=f"consumer-{self.durable}")
+        self._task = asyncio.create_task(self._run(self._sub), name=f"consumer-{self.durable}")
 
     async def stop(self) -> None:
+        """Stop fetching; messages in flight and un-acked are redelivered later.
+
+        The pull subscription is removed too: left behind, it would hold the connection's
+        drain (`Bus.close`) for its whole timeout. The durable consumer stays on the server.
+        """
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
 
-    async def _run(self, sub: object) -> None:
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         while True:
             try:
-                msgs = await sub.fetch(self.batch, timeout=1.0)  # type: ignore[attr-defined]
-            except NatsTimeout:
+                msgs = await sub.fetch(self.batch, timeout=1.0)
+            except (NatsTimeout, TimeoutError):  # nats-py raises the bare asyncio one too
                 continue
             except asyncio.CancelledError:
                 raise
@@ -90,7 +103,12 @@ class EventConsumer:
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                await self.handle(msg)
+                try:
+                    await self.handle(msg)
+                except Exception:
+                    # Could not even park or ack (DB or NATS down): leave the message
+                    # un-acked, it comes back after ack_wait; the consumer carries on.
+                    log.exception("consumer %s: could not settle a message on %s", self.durable, msg.subject)
 
     async def handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered if msg.metadata else 1
@@ -125,8 +143,19 @@ class EventConsumer:
                 await self.handler(event, session)
                 await session.execute(pe.insert().values(consumer=self.durable, event_id=event.id))
         except IntegrityError:
-            # Another replica applied the same event concurrently; our transaction rolled back.
+            # Another replica applied the same event concurrently and our transaction rolled
+            # back; any other constraint violation is the handler's and must not be acked.
+            if not await self._already_processed(event.id):
+                raise
             log.debug("consumer %s: duplicate event %s", self.durable, event.id)
+
+    async def _already_processed(self, event_id: str) -> bool:
+        pe = self.tables.processed_events
+        async with self.db.sessions() as session:
+            seen = await session.execute(
+                select(pe.c.event_id).where(pe.c.consumer == self.durable, pe.c.event_id == event_id)
+            )
+            return seen.first() is not None
 
     async def _park(self, msg: Msg, reason: str, deliveries: int) -> None:
         async with self.db.transaction() as session:
@@ -141,6 +170,6 @@ class EventConsumer:
                 )
             )
         await msg.term()
-        log.warning("consumer %s parked a message", self.durable, extra={"subject": msg.subject, "reason": reason[:200]})
-
-
+        log.warning(
+            "consumer %s parked a message", self.durable, extra={"subject": msg.subject, "reason": reason[:200]}
+        )
