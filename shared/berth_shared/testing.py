@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from berth_shared.ceph_fixture import CephCluster, CephUnavailable, ensure_packages
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import Settings
 
@@ -111,3 +112,26 @@ async def running(app: FastAPI, token: str | None = None) -> AsyncIterator[httpx
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with httpx.AsyncClient(transport=transport, base_url="http://berth.test", headers=headers) as client:
             yield client
+
+
+# -- a real Ceph (issue 4) -------------------------------------------------------------------
+
+CEPH_REQUIRED_ENV = "BERTH_REQUIRE_CEPH"
+
+
+@pytest.fixture(scope="session")
+def ceph() -> Iterator[CephCluster]:
+    """One real Ceph cluster (mon, mgr, OSD, MDS on loopback) for the whole session, with
+    an RBD pool `rbd` (plus `rbd-data`) and a file system `cephfs`. Installs the Debian
+    packages when missing. Skips with the reason when Ceph cannot run here, unless
+    BERTH_REQUIRE_CEPH=1 (CI on machines that can run it), where that is a failure."""
+    try:
+        ensure_packages()
+        cluster = CephCluster()
+        cluster.start()
+    except (CephUnavailable, OSError) as exc:
+        if os.environ.get(CEPH_REQUIRED_ENV) == "1":
+            pytest.fail(f"{CEPH_REQUIRED_ENV}=1 but a real Ceph cannot run here: {exc}", pytrace=False)
+        pytest.skip(f"no real Ceph on this machine: {exc}")
+    yield cluster
+    cluster.stop()

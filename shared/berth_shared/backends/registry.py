@@ -9,7 +9,7 @@ from berth_shared.backends.base import Backend
 from berth_shared.backends.file import FileBackend
 from berth_shared.errors import InvalidArgument
 
-KINDS = ("file",)
+KINDS = ("file", "rbd", "cephfs")
 
 
 def validate_backend_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -19,9 +19,27 @@ def validate_backend_config(kind: str, config: dict[str, Any]) -> dict[str, Any]
         if not isinstance(root, str) or not root.startswith("/"):
             raise InvalidArgument("file backend config needs 'root', an absolute path", reason="invalid_backend_config")
         return {"root": root}
+    if kind == "rbd":
+        # Imported here: the Ceph backends load their bindings lazily, so validating (and
+        # running the file backend) never needs Ceph's Python packages.
+        from berth_shared.backends.rbd import validate_rbd_config
+
+        return validate_rbd_config(config)[1]
+    if kind == "cephfs":
+        from berth_shared.backends.cephfs import validate_cephfs_config
+
+        return validate_cephfs_config(config)[1]
     raise InvalidArgument(f"unknown backend kind {kind!r}; known: {', '.join(KINDS)}", reason="unknown_backend_kind")
 
 
 def build_backend(kind: str, config: dict[str, Any]) -> Backend:
     cfg = validate_backend_config(kind, config)
+    if kind == "rbd":
+        from berth_shared.backends.rbd import RbdBackend
+
+        return RbdBackend(cfg)
+    if kind == "cephfs":
+        from berth_shared.backends.cephfs import CephFsBackend
+
+        return CephFsBackend(cfg)
     return FileBackend(Path(cfg["root"]))

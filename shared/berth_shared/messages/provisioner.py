@@ -14,7 +14,7 @@ PREFIX = "berth.provisioner"
 VolumeStatus = Literal["creating", "available", "expanding", "deleting", "error"]
 SnapshotStatus = Literal["creating", "available", "deleting", "error"]
 ClusterState = Literal["active", "draining", "readonly"]
-BackendKind = Literal["file"]
+BackendKind = Literal["file", "rbd", "cephfs"]
 
 MAX_VOLUME_GIB = 64 * 1024
 
@@ -121,6 +121,15 @@ class ClusterPatch(Message):
     overcommit_ratio: float | None = Field(default=None, ge=1.0, le=100.0)
     volume_types: list[ResourceName] | None = Field(default=None, min_length=1)
     allowed_tenants: list[TenantName] | None = None
+
+    @model_validator(mode="after")
+    def _null_only_for_allowed_tenants(self) -> ClusterPatch:
+        # A left-out field keeps its value; an explicit null would reach a NOT NULL column
+        # (a 500). Null means something only for allowed_tenants: every tenant.
+        nulls = sorted(f for f in self.model_fields_set if f != "allowed_tenants" and getattr(self, f) is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null; leave a field out to keep its value")
+        return self
 
 
 class ClusterUpdate(ClusterPatch):
