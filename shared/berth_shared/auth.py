@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from typing import Protocol
 import httpx
 
 from berth_shared.errors import PermissionDenied, Unauthenticated, Unavailable
+
+log = logging.getLogger(__name__)
 
 ADMIN_ROLE = "admin"
 # Tenant names become NATS subject tokens and DB keys: keep them to a safe alphabet.
@@ -53,14 +56,23 @@ def ensure_token_file(path: Path) -> dict[str, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "tokens": [
-            {"name": "admin", "token": "berth-admin-" + secrets.token_urlsafe(24), "tenant": "admin", "roles": ["admin"]},
+            {
+                "name": "admin",
+                "token": "berth-admin-" + secrets.token_urlsafe(24),
+                "tenant": "admin",
+                "roles": ["admin"],
+            },
             {"name": "demo", "token": "berth-demo-" + secrets.token_urlsafe(24), "tenant": "demo", "roles": ["member"]},
         ]
     }
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_CREAT's mode is ignored for a file that exists already (a crash's leftover).
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return read_tokens(path)
 
@@ -97,7 +109,13 @@ class StaticTokenValidator:
 
 
 class KeystoneTokenValidator:
-    """Validates a user's token with Keystone (GET /v3/auth/tokens); the project is the tenant."""
+    """Validates a user's token with Keystone (GET /v3/auth/tokens); the project is the tenant.
+
+    Keystone answers 404 for an unknown or expired user token (the caller's fault:
+    Unauthenticated) but 401/403 when it refuses *our* service token, which is a
+    deployment fault that every caller would otherwise see as their own bad token:
+    Unavailable, like an unreachable or broken Keystone.
+    """
 
     def __init__(self, url: str, service_token: str, client: httpx.AsyncClient | None = None) -> None:
         self._url = url.rstrip("/")
@@ -112,16 +130,24 @@ class KeystoneTokenValidator:
             )
         except httpx.HTTPError as exc:
             raise Unavailable(f"keystone unreachable: {type(exc).__name__}") from exc
-        if resp.status_code in (401, 404):
+        if resp.status_code == 404:
             raise Unauthenticated("invalid token")
+        if resp.status_code in (401, 403):
+            log.error("keystone refused the service token (HTTP %d): check keystone_service_token", resp.status_code)
+            raise Unavailable("keystone refused this service's credentials")
         if resp.status_code != 200:
             raise Unavailable(f"keystone answered {resp.status_code}")
-        body = resp.json()["token"]
-        project = body.get("project")
-        if not project:
+        try:
+            body = resp.json()["token"]
+            project = body.get("project")
+            roles = frozenset(str(r["name"]) for r in body.get("roles", []))
+            user = str((body.get("user") or {}).get("name", ""))
+            tenant = str(project["id"]) if project else None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise Unavailable(f"keystone answered an unexpected body: {type(exc).__name__}") from exc
+        if not tenant:
             raise Unauthenticated("token is not scoped to a project")
-        roles = frozenset(r["name"] for r in body.get("roles", []))
-        return Principal(tenant=project["id"], roles=roles, user=body.get("user", {}).get("name", ""))
+        return Principal(tenant=tenant, roles=roles, user=user)
 
 
 def bearer(header: str | None) -> str:

@@ -9,6 +9,7 @@ either nothing or a complete file, and every call can simply be repeated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -131,16 +132,20 @@ class FileBackend:
 
     # -- volumes ---------------------------------------------------------------
 
-    async def create_volume(self, volume_id: str, size_bytes: int) -> None:
+    async def create_volume(self, volume_id: str, size_bytes: int, *, tenant: str | None = None) -> None:
         await self._io(self._create_sync, self.volume_path(volume_id), size_bytes, None)
 
-    async def create_volume_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None:
+    async def create_volume_from_snapshot(
+        self, volume_id: str, snapshot_id: str, size_bytes: int, *, tenant: str | None = None
+    ) -> None:
         src = self.snapshot_path(snapshot_id)
         if not src.exists() and not self.volume_path(volume_id).exists():
             raise NotFound(f"snapshot {snapshot_id} has no backing file")
         await self._io(self._create_sync, self.volume_path(volume_id), size_bytes, src)
 
-    async def clone_volume(self, volume_id: str, source_volume_id: str, size_bytes: int) -> None:
+    async def clone_volume(
+        self, volume_id: str, source_volume_id: str, size_bytes: int, *, tenant: str | None = None
+    ) -> None:
         src = self.volume_path(source_volume_id)
         if not src.exists() and not self.volume_path(volume_id).exists():
             raise NotFound(f"volume {source_volume_id} has no backing file")
@@ -211,10 +216,8 @@ class FileBackend:
     @staticmethod
     def _unlink_sync(path: Path) -> None:
         for p in (path, path.with_name(path.name + _TMP_SUFFIX)):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-            except FileNotFoundError:
-                pass
         if path.parent.exists():
             _fsync_dir(path.parent)
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 EVENTS_PREFIX = "berth.events"
 SYSTEM_TENANT = "_system"
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")  # fullmatch: `$` would let "a\n" into a NATS subject
 
 
 class CloudEvent(BaseModel):
@@ -32,7 +32,7 @@ class CloudEvent(BaseModel):
 
 def event_subject(tenant: str, noun: str, verb: str) -> str:
     for token in (tenant, noun, verb):
-        if not _TOKEN.match(token):
+        if not _TOKEN.fullmatch(token):
             raise ValueError(f"invalid subject token {token!r}")
     return f"{EVENTS_PREFIX}.{tenant}.{noun}.{verb}"
 

@@ -13,7 +13,7 @@ from sqlalchemy import CursorResult, Result, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # used with fullmatch: `$` would allow a trailing newline
 
 
 def affected(result: Result[Any]) -> int:
@@ -63,7 +63,7 @@ async def make_database(url: str, schema: str) -> Database:
         _sqlite_serialised_writes(engine)
         used_schema = None
     else:
-        if not _SCHEMA.match(schema):
+        if not _SCHEMA.fullmatch(schema):
             raise ValueError(f"invalid schema name {schema!r}")
         kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
         kwargs["pool_size"] = 10
