@@ -59,6 +59,12 @@ async def make_database(url: str, schema: str) -> Database:
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}
+        # Every SQLite transaction takes the write lock (below), so concurrency buys nothing;
+        # one pooled connection makes callers queue in FIFO order on the pool instead of
+        # sleeping in SQLite's busy handler (which cost seconds of p99 under load).
+        kwargs["pool_size"] = 1
+        kwargs["max_overflow"] = 0
+        kwargs["pool_timeout"] = 60
         engine = create_async_engine(url, **kwargs)
         _sqlite_serialised_writes(engine)
         used_schema = None

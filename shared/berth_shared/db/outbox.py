@@ -73,40 +73,41 @@ class OutboxRelay:
             self._wake.clear()
 
     async def relay_once(self, batch: int = 200) -> int:
-        """Publish one batch of pending events; return how many went out."""
+        """Publish one batch of pending events; return how many went out.
+
+        No transaction is held while publishing: on SQLite that would hold the database's
+        write lock for as long as NATS takes to answer (seconds, when it is down). Two
+        replicas may then publish the same row; `Nats-Msg-Id` makes JetStream keep one.
+        """
         ob = self.tables.outbox
-        async with self.db.transaction() as session:
+        async with self.db.sessions() as session:
             query = select(ob.c.seq, ob.c.event_id, ob.c.subject, ob.c.payload).where(ob.c.published_at.is_(None))
-            query = query.order_by(ob.c.seq).limit(batch)
-            if not self.db.is_sqlite:
-                # Replicas share the table: each row is relayed by whoever locks it first.
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).all()
-            if not rows:
-                return 0
-            done: list[int] = []
-            acks: list[asyncio.Future[PubAck]] = []
-            try:
-                for r in rows:
-                    acks.append(
-                        await self.bus.js.publish_async(
-                            r.subject, r.payload.encode(), headers={"Nats-Msg-Id": r.event_id}, wait_stall=5.0
-                        )
+            rows = (await session.execute(query.order_by(ob.c.seq).limit(batch))).all()
+        if not rows:
+            return 0
+        done: list[int] = []
+        acks: list[asyncio.Future[PubAck]] = []
+        try:
+            for r in rows:
+                acks.append(
+                    await self.bus.js.publish_async(
+                        r.subject, r.payload.encode(), headers={"Nats-Msg-Id": r.event_id}, wait_stall=5.0
                     )
-                for row, fut in zip(rows, acks, strict=False):
-                    await asyncio.wait_for(fut, 5.0)
-                    done.append(row.seq)
-            except (NatsError, TimeoutError) as exc:
-                log.warning("outbox publish failed after %d of %d: %s", len(done), len(rows), exc)
-            finally:
-                # An ack that never comes would hold one of the client's pending-publish
-                # slots for good; enough of them and publish_async stalls forever.
-                for fut in acks:
-                    fut.cancel()
-            if done:
-                checkpoint("outbox.after_publish")
+                )
+            for row, fut in zip(rows, acks, strict=False):
+                await asyncio.wait_for(fut, 5.0)
+                done.append(row.seq)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("outbox publish failed after %d of %d: %s", len(done), len(rows), exc)
+        finally:
+            # An ack that never comes would hold one of the client's pending-publish
+            # slots for good; enough of them and publish_async stalls forever.
+            for fut in acks:
+                fut.cancel()
+        if done:
+            checkpoint("outbox.after_publish")
+            async with self.db.transaction() as session:
                 await session.execute(update(ob).where(ob.c.seq.in_(done)).values(published_at=datetime.now(UTC)))
-        # Outside the transaction: the rows that did go out stay marked as published.
         self.metrics.events_published.labels(self.bus.service).inc(len(done))
         if len(done) < len(rows):
             raise RuntimeError(f"outbox relay published {len(done)} of {len(rows)} events")
