@@ -181,7 +181,7 @@ async def stream_events(nats_url: str, subjects: str, stream: str = EVENTS_STREA
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=10.0)
         sub = await js.pull_subscribe(subjects, stream=stream, config=config)
         info = await sub.consumer_info()
-        want = info.num_pending
+        want = info.num_pending or 0
         out: list[dict[str, Any]] = []
         while len(out) < want:
             try:

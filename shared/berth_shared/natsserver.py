@@ -40,7 +40,9 @@ def _listening(host: str, port: int) -> bool:
 class NatsServer:
     """One nats-server with JetStream; restartable on the same port and store."""
 
-    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+    def __init__(
+        self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port()
         self.store_dir = store_dir
@@ -55,7 +57,7 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if _listening(self.host, self.port):
             raise RuntimeError(f"something already listens on {self.host}:{self.port}")
-        log = open(self.log_file, "ab")
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed right after
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
             stdout=log,

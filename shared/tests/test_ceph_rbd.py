@@ -3,10 +3,13 @@ single-writer proof: a fenced node's writes fail while the next node finds its d
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -434,3 +437,64 @@ async def test_least_privilege_user(ceph: CephCluster, tmp_path: Path) -> None:
         await backend.delete_snapshot(snap)
     finally:
         await backend.close()
+
+
+@pytest.mark.root
+async def test_fenced_detach_does_not_hang_on_a_wedged_rbd_fuse(
+    ceph: CephCluster, rbd_backend: RbdBackend, tmp_path: Path
+) -> None:
+    """A blocklisted rbd-fuse stops answering: a `stat` of its image file hangs in the
+    kernel (D state), and so would every later request on the mount, the teardown's own
+    included. The fenced detach kills the daemon first, which aborts the FUSE connection:
+    it completes at once and the stuck caller gets an error instead of hanging forever."""
+    reason = _can_attach_with_fuse()
+    if reason:
+        pytest.skip(reason)
+    vid, node_id = _id(), _id("node-")
+    await rbd_backend.create_volume(vid, 64 * MiB)
+    spec = node.CephClientSpec(str(ceph.conf), str(ceph.keyring), ceph.user)
+    att = node.attach_rbd(spec, RBD_POOL, vid, tmp_path)
+    mnt = tmp_path / "mnt"
+    ceph.on_stop(lambda: node.detach_rbd(att, str(mnt), fenced=True))
+    node.format_and_mount(att.device, str(mnt))
+    _write_sync(mnt / "data.txt", b"before the fence")
+    assert att.client_address and att.fuse_dir
+    await rbd_backend.fence(FenceTarget(node_id, (vid,), (att.client_address,)))
+
+    stat_result: list[object] = []
+
+    def stat_image() -> None:
+        try:
+            stat_result.append(os.stat(Path(att.fuse_dir or "/") / vid))
+        except OSError as exc:
+            stat_result.append(exc)
+
+    # Past the kernel's FUSE attribute cache (1 s), so that the stat reaches rbd-fuse.
+    await asyncio.sleep(1.5)
+    stuck = threading.Thread(target=stat_image, daemon=True)
+    stuck.start()
+    stuck.join(2.0)
+    assert stuck.is_alive(), f"expected the fenced rbd-fuse to leave the stat unanswered: {stat_result}"
+
+    done = threading.Thread(target=lambda: node.detach_rbd(att, str(mnt), fenced=True), daemon=True)
+    started = time.monotonic()
+    done.start()
+    done.join(30.0)
+    assert not done.is_alive(), "the fenced detach hung"
+    assert time.monotonic() - started < 15.0
+    stuck.join(10.0)
+    assert not stuck.is_alive() and isinstance(stat_result[0], OSError), stat_result
+    assert not {str(mnt), att.fuse_dir} & _mount_points(), "file system and fuse mount are gone"
+    assert not _loops_over(att.fuse_dir)
+    await rbd_backend.unfence(FenceTarget(node_id, (vid,)))
+    await rbd_backend.delete_volume(vid)
+
+
+def _mount_points() -> set[str]:
+    """From the mount table: a stat of a dead fuse mount fails, which would hide it."""
+    return {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines() if line}
+
+
+def _loops_over(directory: str) -> list[str]:
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, timeout=10, check=False).stdout
+    return [line for line in out.splitlines() if directory in line]

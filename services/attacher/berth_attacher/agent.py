@@ -1,5 +1,7 @@
-"""A small node agent: heartbeats for one node, stages file-backend volumes on this host,
-and on a fence drops every stale mount before asking to be unfenced.
+"""A small node agent: heartbeats for one node, stages volumes on this host (file backend:
+loop device; RBD: rbd-fuse/nbd/krbd + a file system; CephFS: ceph-fuse or the kernel
+client, chosen by the publish context's `backend`), reports the Ceph client address of
+each in its heartbeats, and on a fence drops every stale mount before asking to be unfenced.
 
 The CSI node service does the same through its own stage calls; this agent is what tests
 (and a node without CSI) run: `python -m berth_attacher.agent --node-id N`.
@@ -12,14 +14,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from berth_shared.bus import Bus
-from berth_shared.errors import BerthError
+from berth_shared.errors import InvalidArgument
 from berth_shared.messages.attacher import PREFIX, Attachment, HeartbeatReply, StagedVolume
+from berth_shared.node import ceph_stage
 from berth_shared.node import file as file_node
+from berth_shared.node.ceph import CephClientSpec
+from berth_shared.node.heartbeat import NodeHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +31,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class Held:
     volume_id: str
-    path: Path
+    path: Path  # the file backend's volume file; for Ceph, the image or subvolume path
     mount: str
     device: str
+    backend: str = "file"
+    client_address: str | None = None  # the Ceph client this node uses for it: what a fence cuts
+    ceph: ceph_stage.CephStaged | None = None
 
 
 class NodeAgent:
@@ -42,51 +49,51 @@ class NodeAgent:
         interval_s: float = 2.0,
         zone: str | None = None,
         mount_root: Path = Path("/var/lib/berth/mounts"),
+        ceph: dict[str, CephClientSpec] | None = None,
     ) -> None:
+        """`ceph`: this node's cephx identity per backend kind ("rbd", "cephfs"); without
+        one, the Ceph conventions (see berth_shared.node.ceph_stage)."""
         self.bus = bus
         self.node_id = node_id
         self.token = token
         self.interval_s = interval_s
         self.zone = zone
         self.mount_root = mount_root
-        self.boot_id = uuid.uuid4().hex
+        self.ceph = dict(ceph or {})
         self.held: dict[str, Held] = {}
-        self.fenced = False
-        self.last_reply: HeartbeatReply | None = None
-        self._task: asyncio.Task[None] | None = None
+        # The heartbeat and fence-recovery protocol is shared with the CSI node service.
+        self.beats = NodeHeartbeat(
+            bus, node_id, token, staged=self._staged, drop=self._drop_all, interval_s=interval_s, zone=zone
+        )
+
+    @property
+    def boot_id(self) -> str:
+        return self.beats.boot_id
+
+    @property
+    def fenced(self) -> bool:
+        return self.beats.fenced
+
+    @property
+    def last_reply(self) -> HeartbeatReply | None:
+        return self.beats.last_reply
+
+    def _staged(self) -> list[StagedVolume]:
+        return [
+            StagedVolume(volume_id=h.volume_id, device=h.device, mount=h.mount, client_address=h.client_address)
+            for h in self.held.values()
+        ]
+
+    async def _drop_all(self) -> None:
+        for volume_id in list(self.held):
+            await self.release(volume_id)
 
     async def heartbeat(self) -> HeartbeatReply:
-        staged = [StagedVolume(volume_id=h.volume_id, device=h.device, mount=h.mount) for h in self.held.values()]
-        reply = await self.bus.request_model(
-            f"{PREFIX}.node.heartbeat",
-            {"node_id": self.node_id, "boot_id": self.boot_id, "zone": self.zone, "staged": [s.model_dump() for s in staged]},
-            HeartbeatReply,
-            token=self.token,
-            timeout=max(1.0, self.interval_s),
-        )
-        self.last_reply = reply
-        if reply.fenced and not self.fenced:
-            self.fenced = True
-            log.warning("node %s is fenced (epoch %d): dropping its mounts", self.node_id, reply.fence_epoch)
-        if self.fenced and reply.state == "fenced":
-            await self.recover()
-        if not reply.fenced:
-            self.fenced = False
-        return reply
+        return await self.beats.beat()
 
     async def recover(self) -> None:
         """After a fence: drop every stale mount, then prove it by asking to be unfenced."""
-        for volume_id in list(self.held):
-            await self.release(volume_id)
-        try:
-            await self.bus.request(
-                f"{PREFIX}.node.unfence",
-                {"node_id": self.node_id, "boot_id": self.boot_id, "staged": []},
-                token=self.token,
-            )
-            self.fenced = False
-        except BerthError as exc:
-            log.info("unfence refused for %s: %s", self.node_id, exc.detail)
+        await self.beats.recover()
 
     async def publish_and_stage(self, volume_id: str, *, readonly: bool = False) -> Held:
         """Ask the attacher for the volume (raises FailedPrecondition if another node holds it),
@@ -99,17 +106,41 @@ class NodeAgent:
             Attachment,
             token=self.token,
         )
-        path = Path(att.publish_context["path"])
+        ctx = att.publish_context
+        kind = ctx.get("backend", "file")
+        ceph_kind = ceph_stage.ceph_kind(kind)
         mount = str(self.mount_root / self.node_id / volume_id)
-        staged = await file_node.stage(path, mount, readonly=readonly)
-        held = Held(volume_id, path, mount, staged.device)
+        if kind == "file":
+            path = Path(ctx["path"])
+            staged = await file_node.stage(path, mount, readonly=readonly)
+            held = Held(volume_id, path, mount, staged.device)
+        elif ceph_kind is not None:
+            spec = ceph_stage.client_spec(ceph_kind, ctx, self.node_id, self.ceph.get(ceph_kind))
+            cs = await ceph_stage.stage(
+                ceph_kind,
+                ctx,
+                spec,
+                node_id=self.node_id,
+                volume_id=volume_id,
+                mount=mount,
+                workdir=self.mount_root / self.node_id / ".ceph",
+                readonly=readonly,
+            )
+            source = Path(f"{ctx.get('pool')}/{ctx.get('image')}" if kind == "rbd" else ctx.get("path", ""))
+            held = Held(volume_id, source, mount, cs.device or "", kind, cs.client_address, cs)
+        else:
+            raise InvalidArgument(f"this node cannot stage {kind!r} volumes", reason="backend_unsupported")
         self.held[volume_id] = held
         return held
 
     async def release(self, volume_id: str) -> None:
         held = self.held.pop(volume_id, None)
         if held is not None:
-            await file_node.unstage(held.path, held.mount)
+            if held.ceph is not None:
+                # Fenced: the client is cut off, so do not wait for it to close cleanly.
+                await ceph_stage.unstage(held.ceph, fenced=self.fenced, node_id=self.node_id)
+            else:
+                await file_node.unstage(held.path, held.mount)
             with contextlib.suppress(OSError):
                 os.rmdir(held.mount)
 
@@ -120,25 +151,11 @@ class NodeAgent:
         )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=f"agent-{self.node_id}")
+        self.beats.start()
 
     async def stop(self) -> None:
         """Stop heartbeating (the node 'dies'); mounts stay, as they would on a partitioned node."""
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.heartbeat()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("heartbeat from %s failed: %s", self.node_id, exc)
-            await asyncio.sleep(self.interval_s)
+        await self.beats.stop()
 
 
 async def _main() -> None:
@@ -148,12 +165,22 @@ async def _main() -> None:
     parser.add_argument("--token", default=os.environ.get("BERTH_NODE_TOKEN"))
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--zone")
+    parser.add_argument("--ceph-conf", default="/etc/ceph/ceph.conf")
+    for kind in ceph_stage.KINDS:
+        parser.add_argument(f"--{kind}-user", help=f"cephx id for {kind} volumes (without 'client.')")
+        parser.add_argument(f"--{kind}-keyring", help="default: /etc/ceph/ceph.client.<user>.keyring")
     args = parser.parse_args()
     if not args.token:
         parser.error("--token or BERTH_NODE_TOKEN is required (a token with the node or admin role)")
     logging.basicConfig(level=logging.INFO)
     bus = await Bus.connect(args.nats_url, f"agent-{args.node_id}")
-    agent = NodeAgent(bus, args.node_id, args.token, interval_s=args.interval, zone=args.zone)
+    ceph: dict[str, CephClientSpec] = {}
+    for kind in ceph_stage.KINDS:
+        user = getattr(args, f"{kind}_user")
+        if user:
+            keyring = getattr(args, f"{kind}_keyring") or f"/etc/ceph/ceph.client.{user}.keyring"
+            ceph[kind] = CephClientSpec(args.ceph_conf, keyring, user)
+    agent = NodeAgent(bus, args.node_id, args.token, interval_s=args.interval, zone=args.zone, ceph=ceph)
     agent.start()
     try:
         await asyncio.Event().wait()

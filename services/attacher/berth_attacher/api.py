@@ -12,11 +12,11 @@ from berth_shared.messages.attacher import (
     Attachment,
     AttachmentList,
     AttachmentQuery,
+    DownReason,
     FenceList,
     Heartbeat,
     HeartbeatReply,
     Node,
-    DownReason,
     NodeDown,
     NodeList,
     NodeSignals,
@@ -27,7 +27,10 @@ from berth_shared.messages.attacher import (
     Unpublish,
 )
 
-PROBLEMS = {code: {"description": "problem+json", "content": {"application/problem+json": {}}} for code in (400, 401, 403, 404, 409, 422)}
+PROBLEMS = {
+    code: {"description": "problem+json", "content": {"application/problem+json": {}}}
+    for code in (400, 401, 403, 404, 409, 422)
+}
 router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
 
 
@@ -44,7 +47,10 @@ async def publish(body: Publish, request: Request, caller: Caller) -> Attachment
 
 @router.delete("/attachments", status_code=status.HTTP_204_NO_CONTENT, tags=["attachments"])
 async def unpublish(
-    request: Request, caller: Caller, volume_id: Annotated[str, Query(max_length=64)], node_id: Annotated[str, Query(max_length=128)]
+    request: Request,
+    caller: Caller,
+    volume_id: Annotated[str, Query(max_length=64)],
+    node_id: Annotated[str, Query(max_length=128)],
 ) -> Response:
     await _svc(request).unpublish(caller, Unpublish(volume_id=volume_id, node_id=node_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -105,5 +111,7 @@ async def force_unfence(node_id: str, request: Request, caller: Caller) -> Node:
 
 
 @router.get("/fences", tags=["nodes (admin)"])
-async def list_fences(request: Request, caller: Caller, node_id: Annotated[str | None, Query(max_length=128)] = None) -> FenceList:
+async def list_fences(
+    request: Request, caller: Caller, node_id: Annotated[str | None, Query(max_length=128)] = None
+) -> FenceList:
     return await _svc(request).list_fences(caller, node_id)

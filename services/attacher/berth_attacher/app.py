@@ -13,7 +13,7 @@ from berth_attacher.commands import register_commands
 from berth_attacher.config import AttacherSettings
 from berth_attacher.locator import Locator
 from berth_attacher.monitor import run_monitor
-from berth_attacher.service import Attacher
+from berth_attacher.service import Attacher, Tainter
 from berth_attacher.tables import bus_tables
 from berth_shared.bus.lease import Lease
 from berth_shared.runtime import Runtime, build_app, service_token
@@ -27,7 +27,14 @@ def create_app(settings: AttacherSettings) -> FastAPI:
 
     def register(rt: Runtime) -> None:
         locator = Locator(rt.bus, service_token(settings))
-        svc = Attacher(rt.db, rt.tables, rt.relay, locator, settings.policy(), owner)
+        tainter: Tainter | None = None
+        if settings.kube_api_url:
+            from berth_attacher.kube import KubeTainter  # the client is heavy: load it only when used
+
+            tainter = KubeTainter(
+                settings.kube_api_url, token_file=settings.kube_token_file, ca_file=settings.kube_ca_file
+            )
+        svc = Attacher(rt.db, rt.tables, rt.relay, locator, settings.policy(), owner, tainter=tainter)
         app.state.attacher = svc
         register_commands(rt.commands, svc)
 
@@ -39,6 +46,7 @@ def create_app(settings: AttacherSettings) -> FastAPI:
 
     async def on_stop(rt: Runtime) -> None:
         await app.state.attacher.stop()
+        await app.state.attacher.locator.close()
 
     app = build_app(
         settings,

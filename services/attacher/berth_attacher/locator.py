@@ -3,6 +3,7 @@ the provisioner's tables), with the backend built once per cluster."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,15 @@ class Locator:
             config=loc.config,
             status=loc.volume.status,
         )
+
+    async def close(self) -> None:
+        """Drop the backends' connections (Ceph: each holds a librados client)."""
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):  # shutting down anyway
+                    await close()
 
     def backend(self, cluster_id: str, kind: str, config: dict[str, Any]) -> Backend:
         backend = self._backends.get(cluster_id)

@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from berth_attacher.service import Attacher
+from berth_attacher.service import Attacher, now
 from berth_shared.bus.lease import Lease
 
 log = logging.getLogger(__name__)
 
 
 async def run_monitor(attacher: Attacher, lease: Lease, interval_s: float) -> None:
+    reconnects: int | None = None
     try:
         while True:
             try:
-                if await lease.tick():
+                # No heartbeat reaches this replica while its NATS connection is down (nor
+                # while it is not running): from every (re)connection on, nodes' silence is
+                # counted afresh, so an outage longer than the grace period fences no one.
+                count = int(lease.bus.nc.stats.get("reconnects", 0))
+                if not lease.bus.connected:
+                    reconnects = None
+                elif count != reconnects:
+                    reconnects = count
+                    attacher.heard_since = now()
+                if lease.bus.connected and await lease.tick():
                     await attacher.resume_fences()
                     await attacher.monitor_once()
             except asyncio.CancelledError:

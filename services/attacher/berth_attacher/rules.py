@@ -54,13 +54,20 @@ def decide(existing: list[Grant], want: Grant) -> Grant | None:
             reason="published_elsewhere",
             holder=holder.node_id,
         )
-    if want.access_mode == "multi_node_multi_writer":
-        return None
-    if writes(want) and any(writes(g) for g in others):
-        writer = next(g for g in others if writes(g))
-        raise FailedPrecondition(
-            f"volume already has a writer on node {writer.node_id}", reason="published_elsewhere", holder=writer.node_id
-        )
+    if writes(want):
+        # A second writer only among multi-writer grants (a single-writer grant was promised
+        # to be the only one); and no writer at all beside reader-only-many grants.
+        for g in others:
+            if writes(g) and not (want.access_mode == g.access_mode == "multi_node_multi_writer"):
+                raise FailedPrecondition(
+                    f"volume already has a writer on node {g.node_id}", reason="published_elsewhere", holder=g.node_id
+                )
+            if g.access_mode == "multi_node_reader_only":
+                raise FailedPrecondition(
+                    f"volume is published reader-only to node {g.node_id}; no node may write it meanwhile",
+                    reason="published_elsewhere",
+                    holder=g.node_id,
+                )
     if want.access_mode == "multi_node_reader_only" and any(writes(g) for g in others):
         writer = next(g for g in others if writes(g))
         raise FailedPrecondition(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import Row, delete, func, or_, select, text, update
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SERVICE = "attacher"
 NODE_ROLE = "node"
 FENCE_LEASE = timedelta(seconds=30)
+DEFERRED = "; fence deferred: "
 
 
 def now() -> datetime:
@@ -93,9 +94,16 @@ class Attacher:
         self.owner = owner
         self.tainter = tainter
         self._fencing: dict[str, asyncio.Task[None]] = {}
+        # Since when this replica could hear heartbeats (set by the liveness loop at start
+        # and after every NATS reconnection): no node's silence is counted from before it.
+        self.heard_since: datetime | None = None
 
-    async def _emit(self, s: AsyncSession, tenant: str, noun: str, verb: str, subject_id: str, data: dict[str, Any]) -> None:
-        subject, event = new_event(service=SERVICE, tenant=tenant, noun=noun, verb=verb, subject_id=subject_id, data=data)
+    async def _emit(
+        self, s: AsyncSession, tenant: str, noun: str, verb: str, subject_id: str, data: dict[str, Any]
+    ) -> None:
+        subject, event = new_event(
+            service=SERVICE, tenant=tenant, noun=noun, verb=verb, subject_id=subject_id, data=data
+        )
         await enqueue(s, self.tables, subject, event)
 
     def _notify(self) -> None:
@@ -117,9 +125,15 @@ class Attacher:
             raise FailedPrecondition(f"volume {req.volume_id} is {loc.status}", reason="volume_not_ready")
         rules.check_mode(req.access_mode, req.readonly, loc.backend_kind)
         backend = self.locator.backend(loc.cluster_id, loc.backend_kind, loc.config)
+        # Before the transaction and off the event loop: CephFS looks the subvolume's path up
+        # at the mgr, which must not hold the node's row lock (or SQLite's writer) meanwhile.
+        node_context = await asyncio.to_thread(backend.node_context, req.volume_id)
         want = rules.Grant(req.node_id, req.access_mode, req.readonly)
         async with self.db.transaction() as s:
-            node = (await s.execute(select(t.nodes).where(t.nodes.c.id == req.node_id))).first()
+            # Row lock (PostgreSQL; SQLite serialises writers anyway): a fence of this node
+            # cannot start between this check and the grant, so every grant the node holds
+            # when the fence starts is among the fence's targets.
+            node = (await s.execute(select(t.nodes).where(t.nodes.c.id == req.node_id).with_for_update())).first()
             if node is None:
                 raise NotFound(f"node {req.node_id} is unknown: it has never sent a heartbeat", reason="node_not_found")
             if node.state not in ("alive", "suspect"):
@@ -133,12 +147,20 @@ class Attacher:
             if same is not None:
                 return attachment_out(next(r for r in granted if r.node_id == req.node_id))
             generation = await self._next_generation(s, req.volume_id)
-            context = {**backend.node_context(req.volume_id), "backend": loc.backend_kind, "generation": str(generation)}
+            context = {**node_context, "backend": loc.backend_kind, "generation": str(generation)}
             values = {
-                "volume_id": req.volume_id, "tenant": loc.tenant, "node_id": req.node_id,
-                "cluster_id": loc.cluster_id, "backend": loc.backend_kind, "backend_config": loc.config,
-                "access_mode": req.access_mode, "readonly": req.readonly, "state": "attached",
-                "generation": generation, "publish_context": context, "updated_at": now(),
+                "volume_id": req.volume_id,
+                "tenant": loc.tenant,
+                "node_id": req.node_id,
+                "cluster_id": loc.cluster_id,
+                "backend": loc.backend_kind,
+                "backend_config": loc.config,
+                "access_mode": req.access_mode,
+                "readonly": req.readonly,
+                "state": "attached",
+                "generation": generation,
+                "publish_context": context,
+                "updated_at": now(),
             }
             stale = next((r for r in rows if r.node_id == req.node_id), None)
             if stale is not None:  # a released grant to this node, from before its fence
@@ -166,13 +188,17 @@ class Attacher:
         async with self.db.transaction() as s:
             await self._lock_volume(s, req.volume_id)
             a = t.attachments.c
-            row = (await s.execute(select(t.attachments).where(a.volume_id == req.volume_id, a.node_id == req.node_id))).first()
+            row = (
+                await s.execute(select(t.attachments).where(a.volume_id == req.volume_id, a.node_id == req.node_id))
+            ).first()
             if row is None:
                 return  # already unpublished: idempotent
             if row.tenant != p.tenant and not p.is_admin:
                 raise NotFound(f"volume {req.volume_id} not found", reason="volume_not_found")
             await s.execute(delete(t.attachments).where(a.id == row.id))
-            await self._emit(s, row.tenant, "attachment", "deleted", row.id, attachment_out(row).model_dump(mode="json"))
+            await self._emit(
+                s, row.tenant, "attachment", "deleted", row.id, attachment_out(row).model_dump(mode="json")
+            )
         self._notify()
 
     async def list_attachments(self, p: Principal, q: AttachmentQuery) -> AttachmentList:
@@ -193,18 +219,34 @@ class Attacher:
         require_node_or_admin(p)
         staged = [v.model_dump() for v in hb.staged]
         async with self.db.transaction() as s:
-            node = (await s.execute(select(t.nodes).where(t.nodes.c.id == hb.node_id))).first()
+            # Row lock: a heartbeat must not set a node back to alive over a fence that
+            # started after it read the node.
+            node = (await s.execute(select(t.nodes).where(t.nodes.c.id == hb.node_id).with_for_update())).first()
             if node is None:
                 await s.execute(
                     t.nodes.insert().values(
-                        id=hb.node_id, state="alive", state_reason="first heartbeat", zone=hb.zone, boot_id=hb.boot_id,
-                        last_heartbeat_at=now(), staged=staged, fence_epoch=0, tainted=False,
+                        id=hb.node_id,
+                        state="alive",
+                        state_reason="first heartbeat",
+                        zone=hb.zone,
+                        boot_id=hb.boot_id,
+                        last_heartbeat_at=now(),
+                        staged=staged,
+                        fence_epoch=0,
+                        tainted=False,
                     )
                 )
-                await self._emit(s, SYSTEM_TENANT, "node", "registered", hb.node_id, {"node_id": hb.node_id, "zone": hb.zone})
+                await self._emit(
+                    s, SYSTEM_TENANT, "node", "registered", hb.node_id, {"node_id": hb.node_id, "zone": hb.zone}
+                )
                 self._notify()
                 return HeartbeatReply(node_id=hb.node_id, state="alive", fenced=False, fence_epoch=0)
-            values: dict[str, Any] = {"last_heartbeat_at": now(), "boot_id": hb.boot_id, "staged": staged, "updated_at": now()}
+            values: dict[str, Any] = {
+                "last_heartbeat_at": now(),
+                "boot_id": hb.boot_id,
+                "staged": staged,
+                "updated_at": now(),
+            }
             if hb.zone:
                 values["zone"] = hb.zone
             back = node.state in ("suspect", "dead", "awaiting_approval")
@@ -213,13 +255,17 @@ class Attacher:
                 values.update(state="alive", state_reason="heartbeat resumed")
             await s.execute(update(t.nodes).where(t.nodes.c.id == hb.node_id).values(**values))
             if back and node.state != "suspect":
-                await self._emit(s, SYSTEM_TENANT, "node", "recovered", hb.node_id, {"node_id": hb.node_id, "was": node.state})
+                await self._emit(
+                    s, SYSTEM_TENANT, "node", "recovered", hb.node_id, {"node_id": hb.node_id, "was": node.state}
+                )
             blocked: list[str] = []
             fenced = node.state in ("fencing", "fenced")
             if fenced:
                 a = t.attachments.c
                 blocked = list(
-                    (await s.execute(select(a.volume_id).where(a.node_id == hb.node_id, a.state == "released"))).scalars()
+                    (
+                        await s.execute(select(a.volume_id).where(a.node_id == hb.node_id, a.state == "released"))
+                    ).scalars()
                 )
             state = "alive" if back else node.state
         if back:
@@ -261,7 +307,9 @@ class Attacher:
     async def request_unfence(self, p: Principal, req: UnfenceRequest) -> Node:
         require_node_or_admin(p)
         if self.policy.unfence_mode == "manual" and not p.is_admin:
-            raise FailedPrecondition("unfencing needs an admin under the manual unfence policy", reason="unfence_needs_admin")
+            raise FailedPrecondition(
+                "unfencing needs an admin under the manual unfence policy", reason="unfence_needs_admin"
+            )
         return await self._unfence(req.node_id, req.staged)
 
     async def admin_unfence(self, p: Principal, node_id: str) -> Node:
@@ -278,6 +326,12 @@ class Attacher:
                 f"node {node_id} still holds {len(staged)} volume(s) ({names}); drop them before unfencing",
                 reason="stale_mounts",
             )
+        if self.policy.honour_out_of_service and row.out_of_service and not row.tainted:
+            # Someone else declared it out of service: unfenced now, it would be fenced again at once.
+            raise FailedPrecondition(
+                f"node {node_id} is declared out of service; clear that before unfencing it",
+                reason="node_out_of_service",
+            )
         async with self.db.sessions() as s:
             fence = (
                 await s.execute(
@@ -293,12 +347,18 @@ class Attacher:
                 update(t.nodes)
                 .where(t.nodes.c.id == node_id, t.nodes.c.state == "fenced")
                 .values(state="alive", state_reason="unfenced", last_heartbeat_at=now(), updated_at=now())
+                # Our own out-of-service taint, reported back, is about to go: it is no signal.
+                .values(**({"out_of_service": None} if row.tainted else {}))
             )
             if affected(res) == 1:
                 await s.execute(
-                    update(t.fences).where(t.fences.c.node_id == node_id, t.fences.c.unfenced_at.is_(None)).values(unfenced_at=now())
+                    update(t.fences)
+                    .where(t.fences.c.node_id == node_id, t.fences.c.unfenced_at.is_(None))
+                    .values(unfenced_at=now())
                 )
-                await self._emit(s, SYSTEM_TENANT, "node", "unfenced", node_id, {"node_id": node_id, "epoch": row.fence_epoch})
+                await self._emit(
+                    s, SYSTEM_TENANT, "node", "unfenced", node_id, {"node_id": node_id, "epoch": row.fence_epoch}
+                )
         self._notify()
         if self.tainter and row.tainted:
             await self.tainter.untaint(node_id)
@@ -339,16 +399,20 @@ class Attacher:
     async def monitor_once(self) -> None:
         """One pass of the liveness policy over every node (run by the lease holder only)."""
         async with self.db.sessions() as s:
-            rows = (
-                await s.execute(select(t.nodes).where(t.nodes.c.state.in_(["alive", "suspect", "dead"])))
-            ).all()
+            rows = (await s.execute(select(t.nodes).where(t.nodes.c.state.in_(["alive", "suspect", "dead"])))).all()
         at = now()
         for row in rows:
             if row.state == "dead":
-                await self._on_dead(row, row.state_reason or "dead")
+                # Retry a deferred fence with the original reason (not one more "deferred" per pass).
+                await self._on_dead(row, (row.state_reason or "dead").split(DEFERRED)[0])
                 continue
+            seen = row.last_heartbeat_at or row.created_at
+            if self.heard_since is not None:
+                # A NATS outage or an attacher restart silences every node at once, through
+                # no fault of theirs: that silence must not make them dead.
+                seen = max(seen, self.heard_since)
             verdict, why = assess(
-                NodeView(row.id, row.state, row.last_heartbeat_at, row.created_at, row.ready, row.out_of_service),
+                NodeView(row.id, row.state, seen, row.created_at, row.ready, row.out_of_service),
                 at,
                 self.policy,
             )
@@ -364,7 +428,9 @@ class Attacher:
 
     async def _on_dead(self, row: Row[Any], why: str) -> None:
         if self.policy.fence_mode == "manual":
-            await self._set_state(row, "awaiting_approval", f"{why}; waiting for an admin to approve the fence", "awaiting_fence_approval")
+            await self._set_state(
+                row, "awaiting_approval", f"{why}; waiting for an admin to approve the fence", "awaiting_fence_approval"
+            )
             return
         await self._start_fence(row, why, enforce_limits=True)
 
@@ -398,29 +464,40 @@ class Attacher:
                 )
             blocked = may_fence(now(), fenced_now, recent, self.policy)
             if blocked:
-                await self._set_state(row, "dead", f"{why}; fence deferred: {blocked}", "fence_deferred")
+                await self._set_state(row, "dead", f"{why}{DEFERRED}{blocked}", "fence_deferred")
                 return
         fence_id = f"fence-{uuid.uuid4().hex}"
         async with self.db.transaction() as s:
+            # Lock the node first, then read its grants: no publish to it can commit in between.
+            node = (await s.execute(select(t.nodes).where(t.nodes.c.id == row.id).with_for_update())).one()
             a = t.attachments.c
             atts = (await s.execute(select(t.attachments).where(a.node_id == row.id, a.state == "attached"))).all()
-            node = (await s.execute(select(t.nodes).where(t.nodes.c.id == row.id))).one()
             epoch = node.fence_epoch + 1
             res = await s.execute(
                 update(t.nodes)
-                .where(t.nodes.c.id == row.id, t.nodes.c.state == node.state, t.nodes.c.state.not_in(["fencing", "fenced"]))
+                .where(
+                    t.nodes.c.id == row.id, t.nodes.c.state == node.state, t.nodes.c.state.not_in(["fencing", "fenced"])
+                )
                 .values(state="fencing", state_reason=why, fence_epoch=epoch, updated_at=now())
             )
             if affected(res) != 1:
                 return  # someone else moved it on
             await s.execute(
                 t.fences.insert().values(
-                    id=fence_id, node_id=row.id, epoch=epoch, state="pending", reason=why, results={},
-                    targets=_fence_targets(row.id, atts, node.staged or []), owner=self.owner,
+                    id=fence_id,
+                    node_id=row.id,
+                    epoch=epoch,
+                    state="pending",
+                    reason=why,
+                    results={},
+                    targets=_fence_targets(row.id, atts, node.staged or []),
+                    owner=self.owner,
                     lease_until=now() + FENCE_LEASE,
                 )
             )
-            await self._emit(s, SYSTEM_TENANT, "node", "fencing", row.id, {"node_id": row.id, "epoch": epoch, "reason": why})
+            await self._emit(
+                s, SYSTEM_TENANT, "node", "fencing", row.id, {"node_id": row.id, "epoch": epoch, "reason": why}
+            )
         self._notify()
         self.launch_fence(fence_id)
 
@@ -480,12 +557,20 @@ class Attacher:
             )
             a = t.attachments.c
             atts = (await s.execute(select(t.attachments).where(a.node_id == node_id, a.state == "attached"))).all()
-            await s.execute(update(t.attachments).where(a.node_id == node_id, a.state == "attached").values(state="released", updated_at=now()))
+            await s.execute(
+                update(t.attachments)
+                .where(a.node_id == node_id, a.state == "attached")
+                .values(state="released", updated_at=now())
+            )
             for att in atts:
                 data = attachment_out(att).model_dump(mode="json") | {"state": "released", "fence_epoch": fence.epoch}
                 await self._emit(s, att.tenant, "attachment", "released", att.id, data)
             await self._emit(
-                s, SYSTEM_TENANT, "node", "fenced", node_id,
+                s,
+                SYSTEM_TENANT,
+                "node",
+                "fenced",
+                node_id,
                 {"node_id": node_id, "epoch": fence.epoch, "results": results, "released": [a.volume_id for a in atts]},
             )
         self._notify()
@@ -498,7 +583,9 @@ class Attacher:
                 return
             async with self.db.transaction() as s:
                 await s.execute(update(t.nodes).where(t.nodes.c.id == node_id).values(tainted=True))
-                await self._emit(s, SYSTEM_TENANT, "node", "tainted", node_id, {"node_id": node_id, "epoch": fence.epoch})
+                await self._emit(
+                    s, SYSTEM_TENANT, "node", "tainted", node_id, {"node_id": node_id, "epoch": fence.epoch}
+                )
             self._notify()
 
     async def resume_fences(self) -> int:
@@ -529,7 +616,9 @@ def _fence_targets(node_id: str, atts: Sequence[Row[Any]], staged: list[dict[str
     addresses: dict[str, str] = {v["volume_id"]: v["client_address"] for v in staged if v.get("client_address")}
     targets: dict[str, Any] = {}
     for att in atts:
-        entry = targets.setdefault(att.cluster_id, {"backend": att.backend, "config": att.backend_config, "volumes": [], "addresses": []})
+        entry = targets.setdefault(
+            att.cluster_id, {"backend": att.backend, "config": att.backend_config, "volumes": [], "addresses": []}
+        )
         entry["volumes"].append(att.volume_id)
         addr = addresses.get(att.volume_id)
         if addr and addr not in entry["addresses"]:

@@ -27,7 +27,11 @@ needs_loop = pytest.mark.skipif(
 )
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    timeout: float = 15.0,  # noqa: ASYNC109 - a polling deadline, kept as the callers' keyword
+    what: str = "condition",
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         if await check():
@@ -48,15 +52,19 @@ class Stack:
     def h(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
 
-    async def volume(self, name: str = "vol", size_gib: int = 1) -> dict[str, Any]:
+    async def volume(self, name: str = "vol", size_gib: int = 1, volume_type: str = "standard") -> dict[str, Any]:
         r = await self.prov.post(
-            "/v1/volumes", json={"name": name, "size_gib": size_gib, "volume_type": "standard"}, headers=self.h(self.tenants.a)
+            "/v1/volumes",
+            json={"name": name, "size_gib": size_gib, "volume_type": volume_type},
+            headers=self.h(self.tenants.a),
         )
         assert r.status_code == 201, r.text
         return dict(r.json())
 
-    async def agent(self, node_id: str, interval_s: float = 0.2) -> NodeAgent:
-        agent = NodeAgent(self.bus, node_id, self.tenants.admin, interval_s=interval_s, mount_root=self.mount_root)
+    async def agent(self, node_id: str, interval_s: float = 0.2, **kw: Any) -> NodeAgent:
+        agent = NodeAgent(
+            self.bus, node_id, self.tenants.admin, interval_s=interval_s, mount_root=self.mount_root, **kw
+        )
         await agent.heartbeat()
         agent.start()
         self.agents.append(agent)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from attacher_harness import eventually, needs_loop, stack
 
+from berth_attacher.agent import NodeAgent
 from berth_shared.errors import FailedPrecondition
 from berth_shared.node import host
 from berth_shared.settings import Settings
@@ -62,7 +63,8 @@ async def test_dead_node_is_fenced_then_volume_moves_with_its_data(
 
         # node-a comes back: it learns it is fenced, drops its stale state and is unfenced.
         a.start()
-        await eventually(lambda: _state_is(st, "node-a", "alive"), what="node-a unfenced")
+        # The attacher commits the unfence before the agent has read its answer: wait for both.
+        await eventually(lambda: _agent_back(st, a), what="node-a unfenced")
         assert a.held == {}
         with pytest.raises(FailedPrecondition):
             await a.publish_and_stage(vol["id"])
@@ -71,3 +73,7 @@ async def test_dead_node_is_fenced_then_volume_moves_with_its_data(
 async def _state_is(st: object, node_id: str, state: str) -> bool:
     node = await st.node(node_id)  # type: ignore[attr-defined]
     return bool(node["state"] == state)
+
+
+async def _agent_back(st: object, agent: NodeAgent) -> bool:
+    return not agent.fenced and await _state_is(st, agent.node_id, "alive")

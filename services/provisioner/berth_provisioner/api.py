@@ -37,7 +37,10 @@ PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=RESOURCE_ID_PA
 PathTenant = Annotated[str, Path(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)]
 QueryId = Annotated[str | None, Query(min_length=1, max_length=64, pattern=RESOURCE_ID_PATTERN)]
 
-PROBLEMS = {code: {"description": "problem+json", "content": {"application/problem+json": {}}} for code in (400, 401, 403, 404, 409, 422)}
+PROBLEMS = {
+    code: {"description": "problem+json", "content": {"application/problem+json": {}}}
+    for code in (400, 401, 403, 404, 409, 422)
+}
 
 
 def _svc(request: Request) -> Provisioner:
@@ -66,7 +69,9 @@ async def list_volumes(
     starting_token: QueryId = None,
     tenant: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z0-9_][a-z0-9_\-]*$")] = None,
 ) -> VolumeList:
-    return await _svc(request).list_volumes(caller, ListQuery(limit=limit, starting_token=starting_token, tenant=tenant))
+    return await _svc(request).list_volumes(
+        caller, ListQuery(limit=limit, starting_token=starting_token, tenant=tenant)
+    )
 
 
 @router.get("/volumes/{volume_id}", tags=["volumes"])
@@ -127,7 +132,9 @@ async def list_clusters(request: Request, caller: Caller) -> ClusterList:
 @router.patch("/clusters/{cluster_id}", tags=["clusters (admin)"])
 async def update_cluster(cluster_id: PathId, body: ClusterPatch, request: Request, caller: Caller) -> Cluster:
     """Change a cluster's state (active/draining/readonly), capacity, ratio, types or tenants."""
-    return await _svc(request).update_cluster(caller, ClusterUpdate(id=cluster_id, **body.model_dump(exclude_unset=True)))
+    return await _svc(request).update_cluster(
+        caller, ClusterUpdate(id=cluster_id, **body.model_dump(exclude_unset=True))
+    )
 
 
 @router.post("/volume-types", status_code=status.HTTP_201_CREATED, tags=["volume types"])
@@ -142,11 +149,11 @@ async def list_volume_types(request: Request, caller: Caller) -> VolumeTypeList:
 
 @router.put("/quotas/{tenant}", tags=["quotas"])
 async def set_quota(tenant: PathTenant, body: QuotaLimits, request: Request, caller: Caller) -> Quota:
-    return await _svc(request).set_quota(caller, QuotaSet(tenant=tenant, volumes=body.volumes, gigabytes=body.gigabytes))
+    return await _svc(request).set_quota(
+        caller, QuotaSet(tenant=tenant, volumes=body.volumes, gigabytes=body.gigabytes)
+    )
 
 
 @router.get("/quotas/{tenant}", tags=["quotas"])
 async def get_quota(tenant: PathTenant, request: Request, caller: Caller) -> Quota:
     return await _svc(request).get_quota(caller, tenant)
-
-

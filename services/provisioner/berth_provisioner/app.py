@@ -26,7 +26,10 @@ def create_app(settings: Settings) -> FastAPI:
         owner = f"{socket.gethostname()}:{settings.data_dir.resolve()}:{settings.schema_name}"
         runner = OperationRunner(rt.db, owner)
         svc = Provisioner(
-            rt.db, rt.tables, rt.relay, runner,
+            rt.db,
+            rt.tables,
+            rt.relay,
+            runner,
             default_quota_volumes=settings.default_quota_volumes,
             default_quota_gigabytes=settings.default_quota_gigabytes,
         )
@@ -42,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def on_stop(rt: Runtime) -> None:
         await app.state.provisioner.runner.stop()
+        await app.state.provisioner.close()
 
     app = build_app(
         settings,

@@ -16,7 +16,7 @@ from sqlalchemy import or_, select, update
 from berth_provisioner import tables as t
 from berth_shared.backends import BackendError
 from berth_shared.db import Database, affected
-from berth_shared.errors import Aborted, BerthError, DeadlineExceeded
+from berth_shared.errors import Aborted, BerthError, DeadlineExceeded, FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class OperationRunner:
         self._kinds: dict[str, tuple[Step, Step, Callable[[dict[str, Any], str], Awaitable[None]]]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # Why recent operations gave up, for a caller waiting in this process (bounded).
+        self._failures: dict[str, BerthError] = {}
 
     def register(
         self, kind: str, do: Step, finish: Step, fail: Callable[[dict[str, Any], str], Awaitable[None]]
@@ -73,12 +75,12 @@ class OperationRunner:
             task.add_done_callback(lambda _t: self._running.pop(op_id, None))
         return task
 
-    async def wait(self, op_id: str, timeout: float) -> None:
+    async def wait(self, op_id: str, timeout_s: float) -> None:
         """Wait for an operation; ABORTED if it outlives the caller's deadline."""
         task = self._running.get(op_id)
         if task is None:
             # Owned elsewhere (another replica) or already done: poll its row.
-            deadline = asyncio.get_running_loop().time() + timeout
+            deadline = asyncio.get_running_loop().time() + timeout_s
             while asyncio.get_running_loop().time() < deadline:
                 async with self.db.sessions() as s:
                     state = (await s.execute(select(t.operations.c.state).where(t.operations.c.id == op_id))).scalar()
@@ -87,7 +89,7 @@ class OperationRunner:
                 await asyncio.sleep(0.05)
             raise Aborted("the operation is still in progress; retry the same request to follow it")
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except TimeoutError as exc:
             raise Aborted("the operation is still in progress; retry the same request to follow it") from exc
 
@@ -134,6 +136,9 @@ class OperationRunner:
                 if op is None:
                     return
             except BerthError as exc:
+                self._failures[op_id] = exc
+                while len(self._failures) > 1024:
+                    self._failures.pop(next(iter(self._failures)))
                 await self._give_up(op, fail, exc.detail)
                 return
             except asyncio.CancelledError:
@@ -143,7 +148,23 @@ class OperationRunner:
                 await self._give_up(op, fail, f"{type(exc).__name__}: {exc}")
                 return
 
-    async def _give_up(self, op: dict[str, Any], fail: Callable[[dict[str, Any], str], Awaitable[None]], why: str) -> None:
+    async def failure(self, op_id: str) -> BerthError | None:
+        """Why an operation failed (None: it did not, or is still running). The error itself
+        when it failed in this process, else one rebuilt from its row."""
+        exc = self._failures.pop(op_id, None)
+        if exc is not None:
+            return exc
+        async with self.db.sessions() as s:
+            row = (
+                await s.execute(select(t.operations.c.state, t.operations.c.error).where(t.operations.c.id == op_id))
+            ).first()
+        if row is None or row.state != "failed":
+            return None
+        return FailedPrecondition(str(row.error or "the operation failed"), reason="operation_failed")
+
+    async def _give_up(
+        self, op: dict[str, Any], fail: Callable[[dict[str, Any], str], Awaitable[None]], why: str
+    ) -> None:
         await fail(op, why)
         await self._set_state(op["id"], "failed", why)
 

@@ -50,10 +50,15 @@ async def insert_ignore(session: AsyncSession, table: Table, values: dict[str, A
     await session.execute(ins.values(**values).on_conflict_do_nothing())
 
 
-async def volume_by_id(session: AsyncSession, tenant: str | None, volume_id: str) -> Row[Any] | None:
+async def volume_by_id(
+    session: AsyncSession, tenant: str | None, volume_id: str, *, lock: bool = False
+) -> Row[Any] | None:
+    """`lock` takes the row (FOR UPDATE) until the transaction ends; SQLite ignores it."""
     q = select(t.volumes).where(t.volumes.c.id == volume_id)
     if tenant is not None:
         q = q.where(t.volumes.c.tenant == tenant)
+    if lock:
+        q = q.with_for_update()
     return (await session.execute(q)).first()
 
 

@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_provisioner import repo
 from berth_provisioner import tables as t
+from berth_provisioner.capacity import CapacityCache
 from berth_provisioner.operations import OperationRunner, new_id, now
 from berth_provisioner.placement import NoValidCluster, PlacementRequest, rank
 from berth_shared.auth import Principal
-from berth_shared.backends import Backend, BackendError, build_backend, validate_backend_config
+from berth_shared.backends import Backend, BackendError, Capacity, build_backend, validate_backend_config
 from berth_shared.bus.envelope import SYSTEM_TENANT, new_event
 from berth_shared.db import BusTables, Database, affected
 from berth_shared.db.outbox import OutboxRelay, enqueue
@@ -77,6 +78,7 @@ class Provisioner:
         self.runner = runner
         self.default_quota = (default_quota_volumes, default_quota_gigabytes)
         self._backends: dict[str, Backend] = {}
+        self._capacity = CapacityCache()
         runner.register("volume.create", self._op_create_do, self._op_create_finish, self._op_create_fail)
         runner.register("volume.delete", self._op_delete_do, self._op_delete_finish, self._op_delete_fail)
         runner.register("volume.expand", self._op_expand_do, self._op_expand_finish, self._op_expand_fail)
@@ -85,8 +87,12 @@ class Provisioner:
 
     # -- plumbing --------------------------------------------------------------
 
-    async def _emit(self, s: AsyncSession, tenant: str, noun: str, verb: str, subject_id: str, data: dict[str, Any]) -> None:
-        subject, event = new_event(service=SERVICE, tenant=tenant, noun=noun, verb=verb, subject_id=subject_id, data=data)
+    async def _emit(
+        self, s: AsyncSession, tenant: str, noun: str, verb: str, subject_id: str, data: dict[str, Any]
+    ) -> None:
+        subject, event = new_event(
+            service=SERVICE, tenant=tenant, noun=noun, verb=verb, subject_id=subject_id, data=data
+        )
         await enqueue(s, self.tables, subject, event)
 
     def _notify(self) -> None:
@@ -100,6 +106,18 @@ class Provisioner:
                 row = (await s.execute(select(t.clusters).where(t.clusters.c.id == cluster_id))).one()
             backend = self._backend_of(row)
         return backend
+
+    async def close(self) -> None:
+        """Drop the backends' connections (Ceph: each holds a librados client)."""
+        await self._capacity.close()
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as exc:
+                    log.warning("closing a %s backend: %s", backend.kind, exc)
 
     def _backend_of(self, row: Row[Any]) -> Backend:
         """The backend for a cluster row (no DB access: safe inside a transaction)."""
@@ -139,9 +157,7 @@ class Provisioner:
             and row.source_volume_id == req.source_volume_id
         )
         if not same:
-            raise AlreadyExists(
-                f"volume {req.name!r} already exists with a different specification", volume_id=row.id
-            )
+            raise AlreadyExists(f"volume {req.name!r} already exists with a different specification", volume_id=row.id)
         if row.status == "creating":
             op_id = await self._pending_op(row.id, "volume.create")
             if op_id:
@@ -156,14 +172,18 @@ class Provisioner:
     async def _pending_op(self, resource_id: str, kind: str) -> str | None:
         async with self.db.sessions() as s:
             q = select(t.operations.c.id).where(
-                t.operations.c.resource_id == resource_id, t.operations.c.kind == kind, t.operations.c.state == "pending"
+                t.operations.c.resource_id == resource_id,
+                t.operations.c.kind == kind,
+                t.operations.c.state == "pending",
             )
             return (await s.execute(q)).scalar()
 
     async def _start_create(self, p: Principal, req: VolumeCreate) -> tuple[str, str]:
         volume_id = new_id("vol")
         async with self.db.transaction() as s:
-            if (await s.execute(select(t.volume_types.c.name).where(t.volume_types.c.name == req.volume_type))).first() is None:
+            if (
+                await s.execute(select(t.volume_types.c.name).where(t.volume_types.c.name == req.volume_type))
+            ).first() is None:
                 raise InvalidArgument(f"unknown volume type {req.volume_type!r}", reason="unknown_volume_type")
             pinned_cluster = await self._source_cluster(s, p, req)
             await self._reserve_quota(s, p.tenant, 1, req.size_gib)
@@ -211,8 +231,13 @@ class Provisioner:
         await repo.insert_ignore(
             s,
             t.quotas,
-            {"tenant": tenant, "volumes": self.default_quota[0], "gigabytes": self.default_quota[1],
-             "used_volumes": 0, "used_gigabytes": 0},
+            {
+                "tenant": tenant,
+                "volumes": self.default_quota[0],
+                "gigabytes": self.default_quota[1],
+                "used_volumes": 0,
+                "used_gigabytes": 0,
+            },
         )
         q = t.quotas.c
         res = await s.execute(
@@ -269,12 +294,13 @@ class Provisioner:
                 return rows[view.id]
         raise ResourceExhausted("storage clusters filled up while placing the volume; retry", reason="no_valid_cluster")
 
+    async def _capacity_of(self, row: Row[Any]) -> Capacity | None:
+        """The cluster's real capacity, cached and bounded (see capacity.py); None: unknown."""
+        return await self._capacity.get(row.id, lambda: self._backend_of(row).capacity())
+
     async def _free_fraction(self, row: Row[Any]) -> float | None:
-        try:
-            cap = await self._backend_of(row).capacity()
-        except Exception:
-            return None
-        return cap.free_bytes / cap.total_bytes if cap.total_bytes else None
+        cap = await self._capacity_of(row)
+        return cap.free_bytes / cap.total_bytes if cap is not None and cap.total_bytes else None
 
     async def _op_create_do(self, op: dict[str, Any]) -> None:
         async with self.db.sessions() as s:
@@ -283,12 +309,13 @@ class Provisioner:
             return
         backend = await self.backend_for(vol.cluster_id)
         size = vol.size_gib * GIB
+        # The tenant goes along: CephFS keeps each tenant's volumes in its own subvolume group.
         if vol.source_snapshot_id:
-            await backend.create_volume_from_snapshot(vol.id, vol.source_snapshot_id, size)
+            await backend.create_volume_from_snapshot(vol.id, vol.source_snapshot_id, size, tenant=vol.tenant)
         elif vol.source_volume_id:
-            await backend.clone_volume(vol.id, vol.source_volume_id, size)
+            await backend.clone_volume(vol.id, vol.source_volume_id, size, tenant=vol.tenant)
         else:
-            await backend.create_volume(vol.id, size)
+            await backend.create_volume(vol.id, size, tenant=vol.tenant)
         checkpoint("volume.create.after_backend")
 
     async def _op_create_finish(self, op: dict[str, Any]) -> None:
@@ -302,7 +329,9 @@ class Provisioner:
             if affected(res) == 1:
                 vol = await repo.volume_by_id(s, None, vid)
                 assert vol is not None
-                await self._emit(s, vol.tenant, "volume", "created", vol.id, repo.volume_out(vol).model_dump(mode="json"))
+                await self._emit(
+                    s, vol.tenant, "volume", "created", vol.id, repo.volume_out(vol).model_dump(mode="json")
+                )
         self._notify()
 
     async def _op_create_fail(self, op: dict[str, Any], why: str) -> None:
@@ -366,6 +395,11 @@ class Provisioner:
         checkpoint("volume.delete.after_record")
         self.runner.launch(op_id)
         await self.runner.wait(op_id, wait_s)
+        # A delete the backend refused (RBD: the image still has watchers) left the volume in
+        # "error": say so, instead of a success for a volume that still exists.
+        failure = await self.runner.failure(op_id)
+        if failure is not None:
+            raise failure
 
     async def _start_delete(self, p: Principal, volume_id: str) -> str:
         async with self.db.transaction() as s:
@@ -378,11 +412,6 @@ class Provisioner:
                     return op_id
             if vol.status not in ("available", "error"):
                 raise Aborted(f"volume {volume_id} is {vol.status}; retry once that finishes")
-            snaps = await s.execute(
-                select(func.count()).select_from(t.snapshots).where(t.snapshots.c.volume_id == volume_id)
-            )
-            if snaps.scalar_one() > 0:
-                raise FailedPrecondition(f"volume {volume_id} has snapshots; delete them first", reason="volume_has_snapshots")
             res = await s.execute(
                 update(t.volumes)
                 .where(t.volumes.c.id == volume_id, t.volumes.c.status == vol.status)
@@ -390,6 +419,15 @@ class Provisioner:
             )
             if affected(res) != 1:
                 raise Aborted(f"volume {volume_id} changed concurrently; retry")
+            # Counted only once the row is ours: a snapshot that took the volume's lock
+            # first (see _start_snapshot) has committed by now and is seen here.
+            snaps = await s.execute(
+                select(func.count()).select_from(t.snapshots).where(t.snapshots.c.volume_id == volume_id)
+            )
+            if snaps.scalar_one() > 0:
+                raise FailedPrecondition(
+                    f"volume {volume_id} has snapshots; delete them first", reason="volume_has_snapshots"
+                )
             op = self.runner.values("volume.delete", volume_id, vol.tenant, {"volume_id": volume_id})
             await s.execute(t.operations.insert().values(**op))
             return str(op["id"])
@@ -453,6 +491,17 @@ class Provisioner:
             if size_gib == vol.size_gib:
                 return None
             delta = size_gib - vol.size_gib
+            # Claim the volume first and only from the state read above: on PostgreSQL two
+            # concurrent expands both read "available", and an unconditional claim let both
+            # reserve quota and cluster room while only one expand could ever release it.
+            v = t.volumes.c
+            res = await s.execute(
+                update(t.volumes)
+                .where(v.id == volume_id, v.status == "available", v.size_gib == vol.size_gib)
+                .values(status="expanding", updated_at=now())
+            )
+            if affected(res) != 1:
+                raise Aborted(f"volume {volume_id} changed concurrently; retry")
             await self._reserve_quota(s, vol.tenant, 0, delta)
             c = t.clusters.c
             res = await s.execute(
@@ -461,12 +510,14 @@ class Provisioner:
                 .values(provisioned_gib=c.provisioned_gib + delta)
             )
             if affected(res) != 1:
-                raise ResourceExhausted(f"the volume's storage cluster has no room for {delta} GiB more", reason="cluster_full")
-            await s.execute(
-                update(t.volumes).where(t.volumes.c.id == volume_id).values(status="expanding", updated_at=now())
-            )
+                raise ResourceExhausted(
+                    f"the volume's storage cluster has no room for {delta} GiB more", reason="cluster_full"
+                )
             op = self.runner.values(
-                "volume.expand", volume_id, vol.tenant, {"volume_id": volume_id, "size_gib": size_gib, "from_gib": vol.size_gib}
+                "volume.expand",
+                volume_id,
+                vol.tenant,
+                {"volume_id": volume_id, "size_gib": size_gib, "from_gib": vol.size_gib},
             )
             await s.execute(t.operations.insert().values(**op))
             return str(op["id"])
@@ -542,15 +593,23 @@ class Provisioner:
     async def _start_snapshot(self, p: Principal, req: SnapshotCreate) -> tuple[str, str]:
         snap_id = new_id("snap")
         async with self.db.transaction() as s:
-            vol = await repo.volume_by_id(s, p.tenant, req.volume_id)
+            # Locked (PostgreSQL; SQLite serialises writers anyway) so that a concurrent
+            # delete waits and then sees this snapshot, instead of both committing and the
+            # snapshot outliving its volume.
+            vol = await repo.volume_by_id(s, p.tenant, req.volume_id, lock=True)
             if vol is None:
                 raise NotFound(f"volume {req.volume_id} not found", reason="volume_not_found")
             if vol.status != "available":
                 raise Aborted(f"volume {vol.id} is {vol.status}; retry once that finishes")
             await s.execute(
                 t.snapshots.insert().values(
-                    id=snap_id, tenant=p.tenant, name=req.name, volume_id=vol.id,
-                    size_gib=vol.size_gib, cluster_id=vol.cluster_id, status="creating",
+                    id=snap_id,
+                    tenant=p.tenant,
+                    name=req.name,
+                    volume_id=vol.id,
+                    size_gib=vol.size_gib,
+                    cluster_id=vol.cluster_id,
+                    status="creating",
                 )
             )
             op = self.runner.values("snapshot.create", snap_id, p.tenant, {"snapshot_id": snap_id})
@@ -575,7 +634,9 @@ class Provisioner:
             if affected(res) == 1:
                 snap = await repo.snapshot_by_id(s, None, sid)
                 assert snap is not None
-                await self._emit(s, snap.tenant, "snapshot", "created", sid, repo.snapshot_out(snap).model_dump(mode="json"))
+                await self._emit(
+                    s, snap.tenant, "snapshot", "created", sid, repo.snapshot_out(snap).model_dump(mode="json")
+                )
         self._notify()
 
     async def _op_snap_fail(self, op: dict[str, Any], why: str) -> None:
@@ -621,7 +682,9 @@ class Provisioner:
                 if snap.status not in ("available", "error"):
                     raise Aborted(f"snapshot {snapshot_id} is {snap.status}; retry once that finishes")
                 await s.execute(
-                    update(t.snapshots).where(t.snapshots.c.id == snapshot_id).values(status="deleting", updated_at=now())
+                    update(t.snapshots)
+                    .where(t.snapshots.c.id == snapshot_id)
+                    .values(status="deleting", updated_at=now())
                 )
                 op = self.runner.values("snapshot.delete", snapshot_id, snap.tenant, {"snapshot_id": snapshot_id})
                 await s.execute(t.operations.insert().values(**op))
@@ -642,9 +705,13 @@ class Provisioner:
             snap = await repo.snapshot_by_id(s, None, sid)
             if snap is None:
                 return
-            res = await s.execute(t.snapshots.delete().where(t.snapshots.c.id == sid, t.snapshots.c.status == "deleting"))
+            res = await s.execute(
+                t.snapshots.delete().where(t.snapshots.c.id == sid, t.snapshots.c.status == "deleting")
+            )
             if affected(res) == 1:
-                await self._emit(s, snap.tenant, "snapshot", "deleted", sid, repo.snapshot_out(snap).model_dump(mode="json"))
+                await self._emit(
+                    s, snap.tenant, "snapshot", "deleted", sid, repo.snapshot_out(snap).model_dump(mode="json")
+                )
         self._notify()
 
     async def _op_snapdel_fail(self, op: dict[str, Any], why: str) -> None:
@@ -671,10 +738,19 @@ class Provisioner:
                 raise AlreadyExists(f"a cluster named {req.name!r} is already registered", cluster_id=existing.id)
             await s.execute(
                 t.clusters.insert().values(
-                    id=cluster_id, name=req.name, backend=req.backend, config=config,
-                    volume_types=list(req.volume_types), zone=req.zone, capacity_gib=req.capacity_gib,
-                    overcommit_ratio=req.overcommit_ratio, free_floor_pct=req.free_floor_pct, state=req.state,
-                    allowed_tenants=req.allowed_tenants, provisioned_gib=0, volume_count=0,
+                    id=cluster_id,
+                    name=req.name,
+                    backend=req.backend,
+                    config=config,
+                    volume_types=list(req.volume_types),
+                    zone=req.zone,
+                    capacity_gib=req.capacity_gib,
+                    overcommit_ratio=req.overcommit_ratio,
+                    free_floor_pct=req.free_floor_pct,
+                    state=req.state,
+                    allowed_tenants=req.allowed_tenants,
+                    provisioned_gib=0,
+                    volume_count=0,
                 )
             )
             row = (await s.execute(select(t.clusters).where(t.clusters.c.id == cluster_id))).one()
@@ -713,11 +789,8 @@ class Provisioner:
             rows = (await s.execute(select(t.clusters).order_by(t.clusters.c.name))).all()
         items = []
         for r in rows:
-            try:
-                cap = await self._backend_of(r).capacity()
-                items.append(repo.cluster_out(r, cap.total_bytes, cap.free_bytes))
-            except Exception:
-                items.append(repo.cluster_out(r))
+            cap = await self._capacity_of(r)
+            items.append(repo.cluster_out(r, cap.total_bytes, cap.free_bytes) if cap else repo.cluster_out(r))
         return ClusterList(items=items)
 
     async def create_volume_type(self, p: Principal, req: VolumeTypeCreate) -> VolumeType:
@@ -740,11 +813,20 @@ class Provisioner:
         p.require_admin()
         async with self.db.transaction() as s:
             await repo.insert_ignore(
-                s, t.quotas,
-                {"tenant": req.tenant, "volumes": req.volumes, "gigabytes": req.gigabytes, "used_volumes": 0, "used_gigabytes": 0},
+                s,
+                t.quotas,
+                {
+                    "tenant": req.tenant,
+                    "volumes": req.volumes,
+                    "gigabytes": req.gigabytes,
+                    "used_volumes": 0,
+                    "used_gigabytes": 0,
+                },
             )
             await s.execute(
-                update(t.quotas).where(t.quotas.c.tenant == req.tenant).values(volumes=req.volumes, gigabytes=req.gigabytes)
+                update(t.quotas)
+                .where(t.quotas.c.tenant == req.tenant)
+                .values(volumes=req.volumes, gigabytes=req.gigabytes)
             )
             row = (await s.execute(select(t.quotas).where(t.quotas.c.tenant == req.tenant))).one()
             out = Quota.model_validate(row._mapping)
@@ -759,7 +841,13 @@ class Provisioner:
         async with self.db.sessions() as s:
             row = (await s.execute(select(t.quotas).where(t.quotas.c.tenant == target))).first()
         if row is None:
-            return Quota(tenant=target, volumes=self.default_quota[0], gigabytes=self.default_quota[1], used_volumes=0, used_gigabytes=0)
+            return Quota(
+                tenant=target,
+                volumes=self.default_quota[0],
+                gigabytes=self.default_quota[1],
+                used_volumes=0,
+                used_gigabytes=0,
+            )
         return Quota.model_validate(row._mapping)
 
     async def bootstrap_file_cluster(self, root: str) -> None:
@@ -770,10 +858,18 @@ class Provisioner:
             await repo.insert_ignore(s, t.volume_types, {"name": "standard", "description": "thin file-backed volumes"})
             await s.execute(
                 t.clusters.insert().values(
-                    id=new_id("cl"), name="local", backend="file", config={"root": root},
-                    volume_types=["standard"], zone="default", capacity_gib=1024, overcommit_ratio=4.0,
-                    free_floor_pct=5.0, state="active", allowed_tenants=None, provisioned_gib=0, volume_count=0,
+                    id=new_id("cl"),
+                    name="local",
+                    backend="file",
+                    config={"root": root},
+                    volume_types=["standard"],
+                    zone="default",
+                    capacity_gib=1024,
+                    overcommit_ratio=4.0,
+                    free_floor_pct=5.0,
+                    state="active",
+                    allowed_tenants=None,
+                    provisioned_gib=0,
+                    volume_count=0,
                 )
             )
-
-

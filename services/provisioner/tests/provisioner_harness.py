@@ -18,5 +18,3 @@ class Provisioner:
 
     def auth(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
-
-

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from berth_watcher.app import create_app
 from berth_shared.runtime import serve
 from berth_shared.settings import load_settings
+from berth_watcher.app import create_app
 
 
 def main() -> None:

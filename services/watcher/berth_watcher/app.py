@@ -6,9 +6,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from berth_watcher.tables import bus_tables
 from berth_shared.runtime import Runtime, build_app
 from berth_shared.settings import Settings
+from berth_watcher.tables import bus_tables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

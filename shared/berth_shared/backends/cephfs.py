@@ -50,6 +50,9 @@ CLONE_SNAP = "berth-clone-"
 NODE_CLIENT_PREFIX = "berth-node-"  # + node id: the cephx id Berth authorises for a node
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+# Every Berth tenant name (TENANT_NAME_PATTERN, up to 64 characters, may start with "_"):
+# the group name is prefixed, so it never starts with one of the volumes module's "_" names.
+_TENANT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
 
 def _check_id(value: str) -> str:
@@ -145,7 +148,11 @@ class CephFsBackend:
         return self.conn.mgr({"prefix": prefix, "vol_name": self.cfg.fs_name, **args}, ok=ok)
 
     def group_for(self, tenant: str | None) -> str:
-        return self.cfg.default_group if tenant is None else self.cfg.group_prefix + _check_name(tenant, "tenant")
+        if tenant is None:
+            return self.cfg.default_group
+        if not _TENANT.match(tenant):
+            raise InvalidArgument(f"invalid tenant {tenant!r}", reason="invalid_id")
+        return self.cfg.group_prefix + tenant
 
     def _groups_all(self) -> list[str]:
         out = self._mgr("fs subvolumegroup ls") or []

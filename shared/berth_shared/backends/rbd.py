@@ -49,6 +49,7 @@ from berth_shared.backends.ceph_common import (
     pool_name,
 )
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from berth_shared.faults import checkpoint
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -168,11 +169,13 @@ class RbdBackend:
 
     # -- volumes -----------------------------------------------------------------------
 
-    async def create_volume(self, volume_id: str, size_bytes: int) -> None:
+    async def create_volume(self, volume_id: str, size_bytes: int, *, tenant: str | None = None) -> None:
         _check_id(volume_id)
         await self._do(self._create_sync, volume_id, size_bytes, None, what=f"create rbd volume {volume_id}")
 
-    async def create_volume_from_snapshot(self, volume_id: str, snapshot_id: str, size_bytes: int) -> None:
+    async def create_volume_from_snapshot(
+        self, volume_id: str, snapshot_id: str, size_bytes: int, *, tenant: str | None = None
+    ) -> None:
         _check_id(volume_id)
         _check_id(snapshot_id)
 
@@ -187,7 +190,9 @@ class RbdBackend:
 
         await self._do(run, what=f"create rbd volume {volume_id} from snapshot {snapshot_id}")
 
-    async def clone_volume(self, volume_id: str, source_volume_id: str, size_bytes: int) -> None:
+    async def clone_volume(
+        self, volume_id: str, source_volume_id: str, size_bytes: int, *, tenant: str | None = None
+    ) -> None:
         _check_id(volume_id)
         _check_id(source_volume_id)
 
@@ -216,6 +221,7 @@ class RbdBackend:
             )
         else:
             self._clone(ioctx, source, tmp)
+        checkpoint("rbd.create.partial")  # fault tests: a crash with only the partial image made
         with self._open(ioctx, tmp, read_only=False) as image:
             image.metadata_set(META_VOLUME, volume_id)
             if image.size() < size_bytes:

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
@@ -136,5 +137,7 @@ class Bus:
             raise error_from_problem(data)
         return data
 
-    async def request_model(self, subject: str, payload: BaseModel | dict[str, Any] | None, model: type[M], **kw: Any) -> M:
+    async def request_model(
+        self, subject: str, payload: BaseModel | dict[str, Any] | None, model: type[M], **kw: Any
+    ) -> M:
         return model.model_validate(await self.request(subject, payload, **kw))

@@ -132,13 +132,17 @@ class CommandServer:
                     await req.respond(_encode(result))
                 except BerthError as err:
                     outcome = err.code
-                    await req.respond_error(str(err.status), err.detail, data=json.dumps(err.to_problem(ep.subject)).encode())
+                    await req.respond_error(
+                        str(err.status), err.detail, data=json.dumps(err.to_problem(ep.subject)).encode()
+                    )
         except Exception:
             outcome = "internal"
             log.exception("command failed", extra={"subject": ep.subject})
             internal = Internal("internal error")
             try:
-                await req.respond_error("500", internal.detail, data=json.dumps(internal.to_problem(ep.subject)).encode())
+                await req.respond_error(
+                    "500", internal.detail, data=json.dumps(internal.to_problem(ep.subject)).encode()
+                )
             except Exception:
                 log.warning("could not reply to %s", ep.subject)
         finally:

@@ -16,11 +16,14 @@ can hang in D state (measured).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,13 +70,25 @@ class CephFsMount:
 
 
 def _run(cmd: list[str], timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a tool with a bound that holds even when it hangs in the kernel: `subprocess.run`
+    waits for a killed child forever, and a child stuck in D state (I/O to a storage client
+    that no longer answers) never dies, so after the kill we wait 5 s and leave it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise AttachError(
+                f"{' '.join(cmd)} hung for {timeout}s and cannot be killed (stuck in the kernel)"
+            ) from exc
         raise AttachError(f"{' '.join(cmd)} timed out after {timeout}s") from exc
-    if check and proc.returncode != 0:
-        raise AttachError(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-500:]}")
-    return proc
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    if check and done.returncode != 0:
+        raise AttachError(f"{' '.join(cmd)} failed ({done.returncode}): {(err or out).strip()[-500:]}")
+    return done
 
 
 # -- what this host can do -----------------------------------------------------------------
@@ -217,12 +232,22 @@ def _attach_fuse(
 
 
 def detach_rbd(att: RbdAttachment, mountpoint: str | None = None, *, fenced: bool = False) -> None:
-    """Unmount (if given), detach the device, lift the fuse mount. Idempotent. `fenced`:
-    the client is blocklisted, do not wait for its daemon to close the image cleanly."""
+    """Unmount (if given), detach the device, lift the fuse mount. Idempotent.
+
+    `fenced`: the client is blocklisted. A blocklisted rbd-fuse stops answering some FUSE
+    requests for good (measured: after a `sync(2)` on the fenced host it spun in `rbd_list2`
+    under a lookup, and every later request on the mount, a `stat` of the mount point
+    included, waited in D state). So its daemon is killed first: that aborts the FUSE
+    connection, every pending and later request fails at once, and the file system, the
+    loop device and the mount can go without hanging. The image's lock was broken by the
+    fence: nothing is lost that the fence had not already cut off."""
+    if fenced and att.method == "fuse" and att.pid:
+        _stop_process(att.pid, exit_grace=0, term_grace=0)
     if mountpoint:
         unmount(mountpoint)
     if att.method == "krbd" and att.device:
-        _run(["rbd", "unmap", att.device], check=False)
+        # A blocklisted krbd client cannot close its image cleanly: force the unmap.
+        _run(["rbd", "unmap", *(["-o", "force"] if fenced else []), att.device], check=False)
     elif att.method == "nbd" and att.device:
         _run(["rbd-nbd", "unmap", att.device], check=False)
     elif att.method == "fuse":
@@ -243,8 +268,15 @@ def _loop_backing(device: str) -> str | None:
         return None
 
 
+def _mounted(path: str) -> bool:
+    """From the mount table, not `os.path.ismount`: a stat of a dead or wedged fuse mount
+    fails (or hangs), which must not hide the mount from its unmount."""
+    path = os.path.normpath(path)
+    return any(target == path for _, target, _ in _mounts())
+
+
 def _unmount_fuse(path: str) -> None:
-    if not os.path.ismount(path):
+    if not _mounted(path):
         return
     if _run(["fusermount", "-u", path], check=False).returncode != 0:
         # A fenced client's fuse daemon may no longer answer: detach lazily.
@@ -309,7 +341,7 @@ def is_mounted(path: str) -> bool:
 
 
 def unmount(target: str) -> None:
-    if not os.path.ismount(target):
+    if not _mounted(target):
         return
     if _run(["umount", target], check=False).returncode != 0:
         # I/O errors after a fence can make a clean unmount impossible: detach lazily.
@@ -342,7 +374,7 @@ def mount_cephfs(
         opts = f"name={spec.user},conf={spec.conf},secretfile={spec.keyring}" + (f",fs={fs_name}" if fs_name else "")
         _run(["mount", "-t", "ceph", f":{path}", str(target), "-o", opts], timeout=timeout)
         return CephFsMount("kernel", str(target), None)
-    asok = str(target.parent / f".{target.name}.ceph-fuse.asok")
+    asok = _asok_path(target)
     log = target.parent / f".{target.name}.ceph-fuse.log"
     cmd = ["ceph-fuse", "-f", *_ceph_args(spec), "-r", path, "--admin-socket", asok, str(target)]
     if fs_name:
@@ -360,6 +392,17 @@ def mount_cephfs(
     return CephFsMount("fuse", str(target), _fuse_client_address(asok), proc.pid, asok)
 
 
+def _asok_path(target: Path) -> str:
+    """The ceph-fuse admin socket beside the mount point, or, where that path would pass the
+    107-byte unix socket limit (kubelet's staging paths do), a short one keyed by it: an
+    admin socket that cannot bind leaves the client's address unknown."""
+    asok = str(target.parent / f".{target.name}.ceph-fuse.asok")
+    if len(asok.encode()) <= 100:
+        return asok
+    digest = hashlib.sha256(str(target).encode()).hexdigest()[:20]
+    return str(Path(tempfile.gettempdir()) / f"berth-cephfs-{digest}.asok")
+
+
 def _fuse_client_address(asok: str) -> str | None:
     proc = _run(["ceph", "--admin-daemon", asok, "status"], check=False, timeout=10)
     try:
@@ -374,6 +417,10 @@ def unmount_cephfs(m: CephFsMount, *, fenced: bool = False) -> None:
     """`fenced`: the client was evicted, so ceph-fuse cannot close its session cleanly and
     would not exit by itself; do not wait for it."""
     if m.method == "fuse":
+        if fenced and m.pid:
+            # As for rbd-fuse (see detach_rbd): a cut-off client may leave requests
+            # unanswered; killing it aborts its FUSE connection so the unmount cannot hang.
+            _stop_process(m.pid, exit_grace=0, term_grace=0)
         _unmount_fuse(m.target)
         if m.pid:
             _stop_process(m.pid, exit_grace=0.5 if fenced else 10.0)
@@ -394,9 +441,12 @@ def _mounts() -> list[tuple[str, str, str]]:
 
 
 def sweep(conf: Path) -> None:
-    """Tear down every fuse client started with `conf` and what is stacked on them: file
-    systems on loops over their files, the loops, then the fuse mounts and processes."""
+    """Tear down every fuse client started with `conf` and what is stacked on them. The
+    clients are killed first (test teardown: their data does not matter, and a fenced one
+    may not answer, see detach_rbd), which aborts their FUSE connections; then the file
+    systems on loops over their files, the loops and the fuse mounts go without hanging."""
     ours: dict[str, int] = {}  # fuse mount point -> pid
+    pids: list[int] = []
     mountpoints = {m[1] for m in _mounts()}
     for proc_dir in Path("/proc").iterdir():
         if not proc_dir.name.isdigit():
@@ -408,6 +458,7 @@ def sweep(conf: Path) -> None:
         args = [a.decode(errors="replace") for a in argv if a]
         if not args or Path(args[0]).name not in ("rbd-fuse", "ceph-fuse") or str(conf) not in args:
             continue
+        pids.append(int(proc_dir.name))
         for a in args[1:]:
             if a in mountpoints:
                 ours[a] = int(proc_dir.name)
@@ -416,11 +467,15 @@ def sweep(conf: Path) -> None:
         backing = _loop_backing(f"/dev/{dev.name}")
         if backing and any(backing.startswith(mp.rstrip("/") + "/") for mp in ours):
             loops.append(f"/dev/{dev.name}")
+    for pid in pids:
+        _stop_process(pid, exit_grace=0, term_grace=0)
     for source, target, _ in _mounts():
         if source in loops:
-            unmount(target)
+            with contextlib.suppress(AttachError):
+                unmount(target)
     for loop in loops:
-        _run(["losetup", "-d", loop], check=False)
-    for mp, pid in ours.items():
-        _unmount_fuse(mp)
-        _stop_process(pid)
+        with contextlib.suppress(AttachError):
+            _run(["losetup", "-d", loop], check=False)
+    for mp in ours:
+        with contextlib.suppress(AttachError):
+            _unmount_fuse(mp)

@@ -25,9 +25,7 @@ class HostCommandError(BerthError):
 
 
 async def run(*argv: str, check: bool = True) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     text = out.decode(errors="replace").strip()
     if check and proc.returncode != 0:
@@ -173,3 +171,25 @@ async def cut_off_file(path: Path) -> list[str]:
         await detach_loop(device)
         cut.append(device)
     return cut
+
+
+async def refresh_loop(device: str) -> None:
+    """Make a loop device see its backing file's new size (after the file grew)."""
+    await run("losetup", "-c", device)
+
+
+def device_size(device: str) -> int:
+    """A block device's size in bytes (from sysfs: 512-byte sectors)."""
+    name = os.path.basename(os.path.realpath(device))
+    with open(f"/sys/class/block/{name}/size") as f:
+        return int(f.read().strip()) * 512
+
+
+async def grow_filesystem(device: str, mountpoint: str, fstype: str) -> None:
+    """Grow a mounted file system online to fill its device (ext4: resize2fs, xfs: xfs_growfs)."""
+    if fstype == "xfs":
+        await run("xfs_growfs", mountpoint)
+    elif fstype in ("ext4", "ext3", "ext2"):
+        await run("resize2fs", device)
+    else:
+        raise FailedPrecondition(f"cannot grow a {fstype} file system online", reason="fs_not_growable")
