@@ -29,7 +29,7 @@ needs_loop = pytest.mark.skipif(
 
 async def eventually(
     check: Callable[[], Awaitable[bool]],
-    timeout: float = 15.0,  # noqa: ASYNC109 - a polling deadline, kept as the callers' keyword
+    timeout: float = 15.0,
     what: str = "condition",
 ) -> None:
     deadline = asyncio.get_running_loop().time() + timeout

@@ -67,10 +67,12 @@ class OperationRunner:
             "lease_until": now() + LEASE,
         }
 
-    def launch(self, op_id: str) -> asyncio.Task[None]:
+    def launch(self, op_id: str, fresh: dict[str, Any] | None = None) -> asyncio.Task[None]:
+        """Run an operation here. `fresh` is the row this replica has just committed (with
+        its own lease), which needs no claim: a transaction saved on every mutation."""
         task = self._running.get(op_id)
         if task is None or task.done():
-            task = asyncio.create_task(self._run(op_id), name=f"op-{op_id}")
+            task = asyncio.create_task(self._run(op_id, fresh), name=f"op-{op_id}")
             self._running[op_id] = task
             task.add_done_callback(lambda _t: self._running.pop(op_id, None))
         return task
@@ -113,8 +115,8 @@ class OperationRunner:
             row = (await s.execute(select(t.operations).where(t.operations.c.id == op_id))).one()
             return dict(row._mapping)
 
-    async def _run(self, op_id: str) -> None:
-        op = await self._claim(op_id)
+    async def _run(self, op_id: str, fresh: dict[str, Any] | None = None) -> None:
+        op = dict(fresh, attempts=1) if fresh is not None else await self._claim(op_id)
         if op is None:
             return
         do, finish, fail = self._kinds[op["kind"]]

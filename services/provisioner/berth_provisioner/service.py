@@ -9,6 +9,7 @@ its event in the outbox. A crash anywhere leaves an operation row that is resume
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, func, select, update
@@ -59,6 +60,14 @@ from berth_shared.messages.provisioner import (
 log = logging.getLogger(__name__)
 GIB = 1024**3
 SERVICE = "provisioner"
+
+
+@dataclass(frozen=True)
+class Started:
+    """A create recorded with its operation, ready to run."""
+
+    volume_id: str
+    op: dict[str, Any]
 
 
 class Provisioner:
@@ -130,12 +139,8 @@ class Provisioner:
     # -- volumes ---------------------------------------------------------------
 
     async def create_volume(self, p: Principal, req: VolumeCreate, wait_s: float) -> Volume:
-        async with self.db.sessions() as s:
-            existing = await repo.volume_by_name(s, p.tenant, req.name)
-        if existing is not None:
-            return await self._replay_create(existing, req, wait_s)
         try:
-            volume_id, op_id = await self._start_create(p, req)
+            started = await self._start_create(p, req)
         except IntegrityError:
             # A concurrent create with the same name won the race: answer as a replay.
             async with self.db.sessions() as s:
@@ -143,10 +148,12 @@ class Provisioner:
             if existing is None:
                 raise
             return await self._replay_create(existing, req, wait_s)
+        if not isinstance(started, Started):
+            return await self._replay_create(started, req, wait_s)
         checkpoint("volume.create.after_record")
-        self.runner.launch(op_id)
-        await self.runner.wait(op_id, wait_s)
-        return await self.get_volume(p, volume_id)
+        self.runner.launch(started.op["id"], fresh=started.op)
+        await self.runner.wait(started.op["id"], wait_s)
+        return await self.get_volume(p, started.volume_id)
 
     async def _replay_create(self, row: Row[Any], req: VolumeCreate, wait_s: float) -> Volume:
         same = (
@@ -178,9 +185,14 @@ class Provisioner:
             )
             return (await s.execute(q)).scalar()
 
-    async def _start_create(self, p: Principal, req: VolumeCreate) -> tuple[str, str]:
+    async def _start_create(self, p: Principal, req: VolumeCreate) -> Started | Row[Any]:
+        """Record the volume and its operation in one transaction; or, when the name is
+        taken, return the existing row so the caller answers as a replay."""
         volume_id = new_id("vol")
         async with self.db.transaction() as s:
+            existing = await repo.volume_by_name(s, p.tenant, req.name)
+            if existing is not None:
+                return existing
             if (
                 await s.execute(select(t.volume_types.c.name).where(t.volume_types.c.name == req.volume_type))
             ).first() is None:
@@ -204,7 +216,7 @@ class Provisioner:
             )
             op = self.runner.values("volume.create", volume_id, p.tenant, {"volume_id": volume_id})
             await s.execute(t.operations.insert().values(**op))
-        return volume_id, op["id"]
+        return Started(volume_id, op)
 
     async def _source_cluster(self, s: AsyncSession, p: Principal, req: VolumeCreate) -> str | None:
         if req.source_snapshot_id:
@@ -228,19 +240,8 @@ class Provisioner:
         return None
 
     async def _reserve_quota(self, s: AsyncSession, tenant: str, volumes: int, gigabytes: int) -> None:
-        await repo.insert_ignore(
-            s,
-            t.quotas,
-            {
-                "tenant": tenant,
-                "volumes": self.default_quota[0],
-                "gigabytes": self.default_quota[1],
-                "used_volumes": 0,
-                "used_gigabytes": 0,
-            },
-        )
         q = t.quotas.c
-        res = await s.execute(
+        reserve = (
             update(t.quotas)
             .where(
                 q.tenant == tenant,
@@ -249,6 +250,18 @@ class Provisioner:
             )
             .values(used_volumes=q.used_volumes + volumes, used_gigabytes=q.used_gigabytes + gigabytes)
         )
+        res = await s.execute(reserve)
+        if affected(res) != 1:
+            # First use by this tenant: give it the default quota, then try once more.
+            default = {
+                "tenant": tenant,
+                "volumes": self.default_quota[0],
+                "gigabytes": self.default_quota[1],
+                "used_volumes": 0,
+                "used_gigabytes": 0,
+            }
+            await repo.insert_ignore(s, t.quotas, default)
+            res = await s.execute(reserve)
         if affected(res) != 1:
             row = (await s.execute(select(t.quotas).where(q.tenant == tenant))).one()
             raise ResourceExhausted(

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
+
 from berth_shared.bus import Bus
 from berth_shared.settings import Settings
 from berth_shared.testing import Tenants

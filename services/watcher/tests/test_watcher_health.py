@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from berth_watcher.app import create_app
 from berth_shared.settings import Settings
 from berth_shared.testing import running
+from berth_watcher.app import create_app
 
 
 async def test_watcher_starts_healthy_and_ready(make_settings: Callable[..., Settings]) -> None:
