@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_provisioner import tables as t
 from berth_shared.backends import BackendError
@@ -24,6 +25,8 @@ LEASE = timedelta(seconds=20)
 MAX_ATTEMPTS = 5
 
 Step = Callable[[dict[str, Any]], Awaitable[None]]
+# A finish step may mark its operation done in its own transaction (saving one) and say so.
+Finish = Callable[[dict[str, Any]], Awaitable[bool | None]]
 
 
 def now() -> datetime:
@@ -42,14 +45,14 @@ class OperationRunner:
         self.db = db
         self.owner = owner
         # kind -> (do, finish, fail): do touches the backend, finish/fail commit state.
-        self._kinds: dict[str, tuple[Step, Step, Callable[[dict[str, Any], str], Awaitable[None]]]] = {}
+        self._kinds: dict[str, tuple[Step, Finish, Callable[[dict[str, Any], str], Awaitable[None]]]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         # Why recent operations gave up, for a caller waiting in this process (bounded).
         self._failures: dict[str, BerthError] = {}
 
     def register(
-        self, kind: str, do: Step, finish: Step, fail: Callable[[dict[str, Any], str], Awaitable[None]]
+        self, kind: str, do: Step, finish: Finish, fail: Callable[[dict[str, Any], str], Awaitable[None]]
     ) -> None:
         self._kinds[kind] = (do, finish, fail)
 
@@ -124,8 +127,8 @@ class OperationRunner:
         while True:
             try:
                 await do(op)
-                await finish(op)
-                await self._set_state(op_id, "done", None)
+                if not await finish(op):
+                    await self._set_state(op_id, "done", None)
                 return
             except (BackendError, DeadlineExceeded, OSError) as exc:
                 if op["attempts"] >= MAX_ATTEMPTS:
@@ -169,6 +172,14 @@ class OperationRunner:
     ) -> None:
         await fail(op, why)
         await self._set_state(op["id"], "failed", why)
+
+    async def mark_done(self, s: AsyncSession, op_id: str) -> None:
+        """Mark an operation done inside the caller's transaction (with its final state)."""
+        await s.execute(
+            update(t.operations)
+            .where(t.operations.c.id == op_id)
+            .values(state="done", error=None, lease_until=None, updated_at=now())
+        )
 
     async def _set_state(self, op_id: str, state: str, error: str | None) -> None:
         async with self.db.transaction() as s:

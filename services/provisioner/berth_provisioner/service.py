@@ -331,7 +331,7 @@ class Provisioner:
             await backend.create_volume(vol.id, size, tenant=vol.tenant)
         checkpoint("volume.create.after_backend")
 
-    async def _op_create_finish(self, op: dict[str, Any]) -> None:
+    async def _op_create_finish(self, op: dict[str, Any]) -> bool:
         async with self.db.transaction() as s:
             vid = op["params"]["volume_id"]
             res = await s.execute(
@@ -345,7 +345,9 @@ class Provisioner:
                 await self._emit(
                     s, vol.tenant, "volume", "created", vol.id, repo.volume_out(vol).model_dump(mode="json")
                 )
+            await self.runner.mark_done(s, op["id"])
         self._notify()
+        return True
 
     async def _op_create_fail(self, op: dict[str, Any], why: str) -> None:
         """Roll back: remove whatever the backend made, the record, and the reservations."""
