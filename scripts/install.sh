@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-PKGS=(-e ./shared -e ./services/provisioner -e ./services/attacher -e ./services/watcher -e ./services/alerts -e ./cli)
+PKGS=(-e ./shared -e ./services/provisioner -e ./services/attacher -e ./services/watcher -e ./services/alerts -e ./services/csi -e ./cli)
 if [ "${1:-}" = "--dev" ]; then
   PKGS+=(-r requirements-dev.txt)
 fi

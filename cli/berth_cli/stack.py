@@ -20,8 +20,14 @@ from berth_shared.auth import ensure_token_file
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import DEFAULT_PORTS, SERVICES
 
+CSI = "csi"
+
 
 class AlreadyRunning(Exception):
+    pass
+
+
+class Interrupted(Exception):
     pass
 
 
@@ -69,10 +75,24 @@ class Stack:
                 "BERTH_DATA_DIR": str(self.data_dir),
                 "BERTH_NATS_URL": self.nats.url,
                 "BERTH_HTTP_HOST": self.cfg.host,
-                "BERTH_HTTP_PORT": str(self.cfg.ports[service]),
             }
         )
+        if service in self.cfg.ports:
+            env["BERTH_HTTP_PORT"] = str(self.cfg.ports[service])
+        if service == CSI:
+            # Controller and node service for this host, calls in the demo tenant by default.
+            env.update(
+                {
+                    "BERTH_CSI_ENDPOINT": str(self.csi_socket),
+                    "BERTH_MODE": "both",
+                    "BERTH_DEFAULT_TOKEN_NAME": "demo",
+                }
+            )
         return env
+
+    @property
+    def csi_socket(self) -> Path:
+        return self.data_dir / "csi.sock"
 
     def start_service(self, service: str) -> None:
         logs = self.data_dir / "logs"
@@ -86,20 +106,28 @@ class Stack:
                 start_new_session=True,
             )
 
+    def is_ready(self, service: str) -> bool:
+        if service == CSI:  # the CSI adapter is ready when its socket answers Probe
+            from berth_csi.server import probe  # grpc and the CSI stubs: only when needed
+
+            return probe(self.csi_socket)
+        try:
+            return httpx.get(f"http://{self.cfg.host}:{self.cfg.ports[service]}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def wait_ready(self, service: str, timeout: float = 60.0) -> None:
-        url = f"http://{self.cfg.host}:{self.cfg.ports[service]}/readyz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self._stopping:  # Ctrl-C while starting: give up at once, down() cleans up
+                raise Interrupted("interrupted while starting")
             proc = self.procs[service]
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"{service} exited with {proc.returncode}; see {self.data_dir / 'logs' / service}.log"
                 )
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.is_ready(service):
+                return
             time.sleep(0.1)
         raise TimeoutError(f"{service} not ready after {timeout}s")
 
@@ -112,6 +140,9 @@ class Stack:
         for service in SERVICES:
             self.wait_ready(service)
             self.echo(f"{service:<11} http://{self.cfg.host}:{self.cfg.ports[service]}  (OpenAPI at /docs)")
+        self.start_service(CSI)  # after the attacher: its node side heartbeats from the start
+        self.wait_ready(CSI)
+        self.echo(f"{CSI:<11} unix://{self.csi_socket}  (CSI controller + node for this host)")
         self.echo(f"data        {self.data_dir}  (logs in {self.data_dir / 'logs'})")
         self.echo("tokens      berth tokens   prints the admin and demo tokens")
         self.echo("berth is up; Ctrl-C stops it.")
@@ -154,6 +185,8 @@ def run_up(cfg: StackConfig, echo: Callable[[str], None] = print) -> None:
     try:
         stack.up()
         stack.supervise()
+    except Interrupted:
+        pass
     finally:
         echo("stopping berth ...")
         stack.down()

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from berth_csi.server import probe
 from berth_shared.natsserver import free_port
 from berth_shared.settings import SERVICES
 
@@ -173,6 +174,7 @@ def assert_stopped_cleanly(up: Up) -> None:
     assert "stopped." in up.output
     wait_for(lambda: not any(alive(pid) for pid in up.children), 10, f"leftover processes {up.children}")
     assert using(up.data_dir) == [], "no process of this stack is left"
+    assert not (up.data_dir / "csi.sock").exists(), "the CSI adapter removed its socket"
     wait_for(lambda: not any(listening(port) for port in up.ports.values()), 10, f"ports still open {up.ports}")
 
 
@@ -189,10 +191,14 @@ def test_berth_up_serves_stops_cleanly_and_keeps_data(start_up: Callable[[], Up]
         assert httpx.get(f"{url}/readyz", timeout=5).json()["status"] == "ready"
     assert f"nats://127.0.0.1:{up.ports['nats']}" in up.output
     commands = sorted(up.children.values())
-    assert len(commands) == 1 + len(SERVICES), commands
+    assert len(commands) == 2 + len(SERVICES), commands  # nats, the services, the CSI adapter
     assert sum("nats-server" in c for c in commands) == 1
     for service in SERVICES:
         assert sum(f"berth_{service}" in c for c in commands) == 1, commands
+    assert sum("berth_csi" in c for c in commands) == 1, commands
+    csi_socket = up.data_dir / "csi.sock"
+    assert f"unix://{csi_socket}" in up.output
+    assert probe(csi_socket), "the CSI adapter answers Probe on its socket"
     assert set(up.children) | {up.proc.pid} == set(using(up.data_dir)), "the leftover check sees every part"
 
     # A second `berth up` on the same data directory says so and leaves the first alone.
