@@ -147,7 +147,9 @@ class ControllerService:
     @rpc
     async def CreateVolume(self, request: Any, context: Any) -> Any:
         required(request.name, "name")
-        m.check_capabilities(request.volume_capabilities)
+        # MULTI_NODE_MULTI_WRITER mounts: the type's backend is unknown here; the attacher
+        # refuses the mode at publish unless the volume is on CephFS.
+        m.check_capabilities(request.volume_capabilities, shared_fs=True)
         params = dict(request.parameters)
         secrets = dict(request.secrets)
         m.check_parameters(params)
@@ -221,7 +223,7 @@ class ControllerService:
         required(request.volume_id, "volume_id")
         required(request.node_id, "node_id")
         required(request.HasField("volume_capability"), "volume_capability")
-        m.check_capability(request.volume_capability)
+        m.check_capability(request.volume_capability, shared_fs=True)  # the attacher checks the backend
         if not m.valid_id(request.volume_id):
             raise NotFound(f"volume {request.volume_id!r} not found", reason="volume_not_found")
         cap = request.volume_capability

@@ -84,14 +84,18 @@ def fs_type(cap: Any) -> str:
     return str(cap.mount.fs_type) if cap.WhichOneof("access_type") == "mount" and cap.mount.fs_type else DEFAULT_FS
 
 
-def unsupported(cap: Any) -> str | None:
-    """Why this adapter cannot serve a capability (None: it can)."""
+def unsupported(cap: Any, *, shared_fs: bool = False) -> str | None:
+    """Why this adapter cannot serve a capability (None: it can). `shared_fs`: the volume is
+    (or may be) on a shared file system (CephFS), where MULTI_NODE_MULTI_WRITER mounts work;
+    the attacher refuses that mode at publish for the block backends."""
     kind = cap.WhichOneof("access_type")
     if kind is None:
         return "access_type (block or mount) is required"
     mode = int(cap.access_mode.mode) if cap.HasField("access_mode") else 0
     if mode == AccessMode.UNKNOWN:
         return "access_mode is required"
+    if mode == AccessMode.MULTI_NODE_MULTI_WRITER and shared_fs and kind == "mount":
+        return None
     if mode not in SUPPORTED_MODES:
         return f"access mode {AccessMode.Name(mode)} needs a shared file system; Berth volumes here are block storage"
     if kind == "mount" and cap.mount.fs_type and cap.mount.fs_type not in FS_TYPES:
@@ -99,16 +103,16 @@ def unsupported(cap: Any) -> str | None:
     return None
 
 
-def check_capabilities(caps: Any, field: str = "volume_capabilities") -> None:
+def check_capabilities(caps: Any, field: str = "volume_capabilities", *, shared_fs: bool = False) -> None:
     required(len(caps), field)
     for i, cap in enumerate(caps):
-        why = unsupported(cap)
+        why = unsupported(cap, shared_fs=shared_fs)
         if why:
             raise InvalidArgument(f"{field}[{i}]: {why}", field=f"{field}[{i}]")
 
 
-def check_capability(cap: Any, field: str = "volume_capability") -> None:
-    why = unsupported(cap)
+def check_capability(cap: Any, field: str = "volume_capability", *, shared_fs: bool = False) -> None:
+    why = unsupported(cap, shared_fs=shared_fs)
     if why:
         raise InvalidArgument(f"{field}: {why}", field=field)
 

@@ -1,5 +1,7 @@
 """The CSI Node service: real storage on this host (file backend: loop device, ext4/xfs,
-mounts), per-volume serialised, idempotent, and fenced by the attacher's heartbeat replies."""
+mounts; RBD: rbd-fuse + loop (or krbd/nbd), then ext4/xfs or a raw device; CephFS: a
+ceph-fuse (or kernel) mount of the subvolume), per-volume serialised, idempotent, and fenced
+by the attacher's heartbeat replies, which carry each Ceph volume's client address."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from berth_csi.state import NodeState, VolumeState
 from berth_shared.bus import Bus
 from berth_shared.errors import AlreadyExists, BerthError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from berth_shared.messages.attacher import StagedVolume
-from berth_shared.node import host
+from berth_shared.node import ceph_stage, host
 from berth_shared.node.heartbeat import NodeHeartbeat
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,12 @@ class NodeService:
 
     def staged(self) -> list[StagedVolume]:
         return [
-            StagedVolume(volume_id=v.volume_id, device=v.device, mount=None if v.block else v.staging_path)
+            StagedVolume(
+                volume_id=v.volume_id,
+                device=v.device or None,
+                mount=None if v.block else v.staging_path,
+                client_address=v.client_address,
+            )
             for v in self.state.all()
         ]
 
@@ -65,7 +72,7 @@ class NodeService:
                     for target in list(st.targets):
                         await _unpublish(target)
                     st.targets.clear()
-                    await self._unstage(st)
+                    await self._unstage(st, fenced=True)
                     self.state.record_fenced(st.volume_id, st.generation or 0)
                     self.state.remove(st.volume_id)
                 except Exception as exc:
@@ -112,15 +119,17 @@ class NodeService:
         required(request.staging_target_path, "staging_target_path")
         required(request.HasField("volume_capability"), "volume_capability")
         cap = request.volume_capability
-        m.check_capability(cap)
         pctx = dict(request.publish_context)
         backend = pctx.get("backend", "file")
-        if backend != "file":
+        kind = ceph_stage.ceph_kind(backend)
+        if backend != "file" and kind is None:
             raise InvalidArgument(
-                f"publish_context.backend {backend!r}: this node plugin stages file-backend volumes only",
+                f"publish_context.backend {backend!r}: this node plugin stages file, rbd and cephfs volumes",
                 field="publish_context.backend",
             )
-        required(pctx.get("path"), "publish_context.path")
+        m.check_capability(cap, shared_fs=kind == "cephfs")
+        if kind is None:
+            required(pctx.get("path"), "publish_context.path")
         generation = int(pctx["generation"]) if pctx.get("generation", "").isdigit() else None
         vid, staging, block = request.volume_id, request.staging_target_path, m.is_block(cap)
         self.state.get(vid)  # checks the id
@@ -128,11 +137,15 @@ class NodeService:
         async with self._locks[vid]:
             self._check_fence(vid, generation)  # under the lock: a fence recovery may be running
             st = self.state.get(vid)
-            if st is not None and (st.staging_path != staging or st.block != block or st.backing != pctx["path"]):
+            source = pctx["path"] if kind is None else _ceph_source(kind, pctx)
+            if st is not None and (st.staging_path != staging or st.block != block or st.backing != source):
                 raise AlreadyExists(
                     f"volume {vid} is already staged at {st.staging_path} ({'block' if st.block else 'mount'}); "
                     "unstage it first"
                 )
+            if kind is not None:
+                await self._stage_ceph(kind, pctx, cap, st, vid, staging, generation)
+                return csi.NodeStageVolumeResponse()
             backing = Path(pctx["path"])
             if not await asyncio.to_thread(backing.is_file):
                 raise NotFound(f"volume {vid}: its file {backing} is not on this host", reason="volume_file_missing")
@@ -159,6 +172,56 @@ class NodeService:
                 self.state.put(st)
         return csi.NodeStageVolumeResponse()
 
+    async def _stage_ceph(
+        self,
+        kind: ceph_stage.CephKind,
+        pctx: dict[str, str],
+        cap: Any,
+        prior: VolumeState | None,
+        vid: str,
+        staging: str,
+        generation: int | None,
+    ) -> None:
+        block = m.is_block(cap)
+        if prior is not None and prior.ceph is not None:
+            if block or host.is_mounted(staging):
+                return  # staged already: nothing to do
+            # Known but no longer mounted (a reboot, a killed fuse daemon): clear what is left.
+            await ceph_stage.unstage(prior.ceph, node_id=self.settings.node_id)
+        readonly = int(cap.access_mode.mode) in m.READ_ONLY_MODES
+        fs = m.fs_type(cap) if kind == "rbd" else "ceph"
+        staged = await ceph_stage.stage(
+            kind,
+            pctx,
+            self.settings.ceph_client(kind, pctx),
+            node_id=self.settings.node_id,
+            volume_id=vid,
+            mount=staging,
+            workdir=self.state.root / "ceph",
+            readonly=readonly,
+            fstype=fs,
+            block=block,
+        )
+        st = VolumeState(
+            volume_id=vid,
+            backend=kind,
+            backing=_ceph_source(kind, pctx),
+            device=staged.device or "",
+            staging_path=staging,
+            block=block,
+            fs_type=fs,
+            readonly=readonly,
+            generation=generation,
+            targets=prior.targets if prior else {},
+            client_address=staged.client_address,
+            ceph=staged,
+        )
+        try:
+            self.state.put(st)
+        except BaseException:
+            await ceph_stage.unstage(staged, node_id=self.settings.node_id)
+            raise
+
     @rpc
     async def NodeUnstageVolume(self, request: Any, context: Any) -> Any:
         required(request.volume_id, "volume_id")
@@ -170,13 +233,19 @@ class NodeService:
             busy = [t for t in (st.targets if st else {}) if host.is_mounted(t)]
             if busy:
                 raise FailedPrecondition(f"volume {vid} is still published at {', '.join(busy)}; unpublish it first")
-            await host.umount(request.staging_target_path)
+            if st is None or st.ceph is None:
+                await host.umount(request.staging_target_path)
             if st is not None:
                 await self._unstage(st)
                 self.state.remove(vid)
         return csi.NodeUnstageVolumeResponse()
 
-    async def _unstage(self, st: VolumeState) -> None:
+    async def _unstage(self, st: VolumeState, *, fenced: bool = False) -> None:
+        if st.ceph is not None:
+            # umount, loop detach, fuse unmount; `fenced`: the client is cut off, so its fuse
+            # daemon is killed first rather than waited for (a blocklisted one can wedge).
+            await ceph_stage.unstage(st.ceph, fenced=fenced, node_id=self.settings.node_id)
+            return
         if not st.block:
             await host.umount(st.staging_path)
         # Only the device this node attached (and only while it still backs the volume).
@@ -192,7 +261,7 @@ class NodeService:
         required(request.target_path, "target_path")
         required(request.HasField("volume_capability"), "volume_capability")
         cap = request.volume_capability
-        m.check_capability(cap)
+        m.check_capability(cap, shared_fs=True)  # MULTI_NODE_MULTI_WRITER: checked against the stage below
         vid, target = request.volume_id, request.target_path
         readonly = bool(request.readonly) or int(cap.access_mode.mode) in m.READ_ONLY_MODES
         self.state.get(vid)
@@ -203,6 +272,8 @@ class NodeService:
                     f"volume {vid} is not staged at {request.staging_target_path}; call NodeStageVolume first",
                     reason="not_staged",
                 )
+            if int(cap.access_mode.mode) == m.AccessMode.MULTI_NODE_MULTI_WRITER and st.backend != "cephfs":
+                m.check_capability(cap)  # raises: only CephFS volumes take several writers
             if st.block != m.is_block(cap):
                 raise InvalidArgument(
                     f"volume_capability: volume {vid} was staged for {'block' if st.block else 'mount'} access",
@@ -241,7 +312,9 @@ class NodeService:
             st = self.state.get(vid)
             if st is None:
                 raise NotFound(f"volume {vid} is not staged on node {self.settings.node_id}", reason="not_staged")
-            if st.device not in host.loops_backed_by(Path(st.backing)):
+            if st.backend == "cephfs":
+                return csi.NodeExpandVolumeResponse()  # a subvolume quota: nothing to grow here
+            if st.ceph is None and st.device not in host.loops_backed_by(Path(st.backing)):
                 raise FailedPrecondition(f"volume {vid}: its loop device {st.device} is gone; stage it again")
             await host.refresh_loop(st.device)
             if not st.block:
@@ -324,6 +397,11 @@ class NodeService:
         return csi.NodeGetInfoResponse(
             node_id=self.settings.node_id, accessible_topology=csi.Topology(segments={ZONE_KEY: self.settings.zone})
         )
+
+
+def _ceph_source(kind: ceph_stage.CephKind, pctx: dict[str, str]) -> str:
+    """What a Ceph volume is on the cluster (kept as its state's `backing`)."""
+    return f"{pctx.get('pool', '')}/{pctx.get('image', '')}" if kind == "rbd" else pctx.get("path", "")
 
 
 def _probe_fs(path: str) -> os.statvfs_result:

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from berth_shared.auth import first_admin_token, read_tokens
+from berth_shared.node.ceph import CephClientSpec
+from berth_shared.node.ceph_stage import CephKind, client_spec
 from berth_shared.settings import Settings
 
 Mode = Literal["controller", "node", "both"]
@@ -37,12 +39,30 @@ class CsiSettings(Settings):
     # service token.
     node_token: SecretStr | None = None
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    # This node's own cephx identity for Ceph volumes (the publish context carries no
+    # secret). Unset: the Ceph conventions of berth_shared.node.ceph_stage (the context's
+    # conf, else /etc/ceph/ceph.conf; the context's `user` for RBD, client.berth-node-<node>
+    # for CephFS; the keyring /etc/ceph/ceph.client.<user>.keyring).
+    ceph_conf: str | None = None  # BERTH_CEPH_CONF
+    rbd_user: str | None = None  # BERTH_RBD_USER (without "client.")
+    rbd_keyring: str | None = None  # BERTH_RBD_KEYRING
+    cephfs_user: str | None = None  # BERTH_CEPHFS_USER
+    cephfs_keyring: str | None = None  # BERTH_CEPHFS_KEYRING
 
     @property
     def socket_path(self) -> Path:
         if self.csi_endpoint:
             return Path(self.csi_endpoint.removeprefix("unix://"))
         return self.data_dir / "csi.sock"
+
+    def ceph_client(self, kind: CephKind, ctx: dict[str, str]) -> CephClientSpec:
+        """The cephx identity this node uses for a volume of `kind` with this publish context."""
+        conv = client_spec(kind, ctx, self.node_id, None)
+        user = (self.rbd_user if kind == "rbd" else self.cephfs_user) or conv.user
+        keyring = (self.rbd_keyring if kind == "rbd" else self.cephfs_keyring) or (
+            f"/etc/ceph/ceph.client.{user}.keyring"
+        )
+        return CephClientSpec(self.ceph_conf or conv.conf, keyring, user)
 
     @property
     def node_state_dir(self) -> Path:

@@ -11,12 +11,14 @@ from pydantic import BaseModel, Field
 
 from berth_csi.mapping import valid_id
 from berth_shared.errors import NotFound
+from berth_shared.node.ceph_stage import CephStaged
 
 
 class VolumeState(BaseModel):
     volume_id: str
-    backing: str  # the volume's file (file backend)
-    device: str  # its loop device
+    backend: str = "file"  # file, rbd or cephfs
+    backing: str  # the volume's file (file backend); Ceph: pool/image, or the subvolume path
+    device: str  # its loop device (file, RBD); "" for CephFS
     staging_path: str
     block: bool = False
     fs_type: str = "ext4"
@@ -24,6 +26,10 @@ class VolumeState(BaseModel):
     readonly: bool = False
     generation: int | None = None  # the attachment generation it was staged under
     targets: dict[str, bool] = Field(default_factory=dict)  # target_path -> readonly
+    # Ceph: the client address a fence blocklists, and all that unstaging needs (the rbd-fuse
+    # or ceph-fuse pid, the fuse dir, the cephx identity), so a restarted adapter can unstage.
+    client_address: str | None = None
+    ceph: CephStaged | None = None
 
 
 class NodeState:

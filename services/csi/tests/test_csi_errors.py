@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from csi_harness import AM, GIB, bare_adapter, csi_stack, mount_cap, rpc_error, zone_topology
+from csi_harness import AM, GIB, bare_adapter, block_cap, csi_stack, mount_cap, rpc_error, zone_topology
 
 from berth_csi.errors import STATUS_BY_CODE
 from berth_csi.pb import csi
@@ -301,7 +301,7 @@ async def test_invalid_argument_names_the_missing_field(
         (csi.VolumeCapability(access_mode=AM(mode=AM.SINGLE_NODE_WRITER)), "access_type"),
         (csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume()), "access_mode"),
         (mount_cap(fs_type="btrfs"), "fs_type"),
-        (mount_cap(mode=AM.MULTI_NODE_MULTI_WRITER), "MULTI_NODE_MULTI_WRITER"),
+        (block_cap(mode=AM.MULTI_NODE_MULTI_WRITER), "MULTI_NODE_MULTI_WRITER"),
     ],
     ids=["no-access-type", "no-access-mode", "fs-type", "multi-writer"],
 )

@@ -88,9 +88,13 @@ async def stage(
     workdir: Path,
     readonly: bool = False,
     fstype: str = "ext4",
+    block: bool = False,
 ) -> CephStaged:
+    """`block` (RBD only): attach the image and leave its device raw (`mount` is ignored)."""
     if kind == "rbd":
-        return await _stage_rbd(ctx, spec, node_id, volume_id, mount, workdir, readonly, fstype)
+        return await _stage_rbd(ctx, spec, node_id, volume_id, "" if block else mount, workdir, readonly, fstype)
+    if block:
+        raise InvalidArgument("a CephFS volume has no block device: use mount access", reason="block_cephfs")
     return await _stage_cephfs(ctx, spec, volume_id, mount, readonly)
 
 
@@ -152,7 +156,9 @@ async def _stage_rbd(
                 "a fence of this node could not cut it off"
             )
         await _record_address(spec, pool, image, node_id, att.client_address)
-        if readonly:
+        if not mount:
+            pass  # raw block: the device is the volume
+        elif readonly:
             if not await asyncio.to_thread(node_ceph.has_filesystem, att.device):
                 raise FailedPrecondition(f"volume {volume_id} has no file system to mount readonly")
             options = "ro,norecovery" if fstype == "xfs" else "ro,noload"
