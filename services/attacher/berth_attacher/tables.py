@@ -5,14 +5,10 @@ from __future__ import annotations
 from sqlalchemy import JSON, Boolean, Column, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 from berth_shared.db import add_bus_tables
-from berth_shared.db.tables import UTCDateTime, utcnow
+from berth_shared.db.tables import UTCDateTime, timestamp
 
 metadata = MetaData()
 bus_tables = add_bus_tables(metadata)
-
-
-def _ts(name: str) -> Column[object]:
-    return Column(name, UTCDateTime(), nullable=False, default=utcnow)
 
 
 nodes = Table(
@@ -31,8 +27,8 @@ nodes = Table(
     Column("fence_epoch", Integer, nullable=False, default=0),
     Column("fenced_at", UTCDateTime(), nullable=True),
     Column("tainted", Boolean, nullable=False, default=False),
-    _ts("created_at"),
-    _ts("updated_at"),
+    timestamp("created_at"),
+    timestamp("updated_at"),
 )
 
 attachments = Table(
@@ -52,8 +48,8 @@ attachments = Table(
     Column("state", String(16), nullable=False),
     Column("generation", Integer, nullable=False),
     Column("publish_context", JSON, nullable=False),
-    _ts("created_at"),
-    _ts("updated_at"),
+    timestamp("created_at"),
+    timestamp("updated_at"),
     UniqueConstraint("volume_id", "node_id", name="uq_attachments_volume_node"),
 )
 
@@ -80,7 +76,7 @@ fences = Table(
     Column("targets", JSON, nullable=False, default=dict),
     Column("owner", String(128), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
-    _ts("created_at"),
+    timestamp("created_at"),
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("unfenced_at", UTCDateTime(), nullable=True),
     UniqueConstraint("node_id", "epoch", name="uq_fences_node_epoch"),

@@ -17,14 +17,10 @@ from sqlalchemy import (
 )
 
 from berth_shared.db import add_bus_tables
-from berth_shared.db.tables import UTCDateTime, utcnow
+from berth_shared.db.tables import UTCDateTime, timestamp
 
 metadata = MetaData()
 bus_tables = add_bus_tables(metadata)
-
-
-def _ts(name: str) -> Column[object]:
-    return Column(name, UTCDateTime(), nullable=False, default=utcnow)
 
 
 volume_types = Table(
@@ -32,7 +28,7 @@ volume_types = Table(
     metadata,
     Column("name", String(128), primary_key=True),
     Column("description", Text, nullable=False, default=""),
-    _ts("created_at"),
+    timestamp("created_at"),
 )
 
 clusters = Table(
@@ -52,8 +48,8 @@ clusters = Table(
     # Maintained with conditional UPDATEs so concurrent creates cannot overshoot.
     Column("provisioned_gib", Integer, nullable=False, default=0),
     Column("volume_count", Integer, nullable=False, default=0),
-    _ts("created_at"),
-    _ts("updated_at"),
+    timestamp("created_at"),
+    timestamp("updated_at"),
 )
 
 volumes = Table(
@@ -69,8 +65,8 @@ volumes = Table(
     Column("status", String(16), nullable=False),
     Column("source_snapshot_id", String(64), nullable=True),
     Column("source_volume_id", String(64), nullable=True),
-    _ts("created_at"),
-    _ts("updated_at"),
+    timestamp("created_at"),
+    timestamp("updated_at"),
     # The name is the idempotency key: one volume per (tenant, name).
     UniqueConstraint("tenant", "name", name="uq_volumes_tenant_name"),
     Index("ix_volumes_tenant_id", "tenant", "id"),
@@ -86,8 +82,8 @@ snapshots = Table(
     Column("size_gib", Integer, nullable=False),
     Column("cluster_id", String(64), ForeignKey("clusters.id"), nullable=False),
     Column("status", String(16), nullable=False),
-    _ts("created_at"),
-    _ts("updated_at"),
+    timestamp("created_at"),
+    timestamp("updated_at"),
     UniqueConstraint("tenant", "name", name="uq_snapshots_tenant_name"),
 )
 
@@ -116,6 +112,6 @@ operations = Table(
     # A replica owns a pending operation while its lease runs; another takes over after.
     Column("owner", String(128), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
-    _ts("created_at"),
-    _ts("updated_at"),
+    timestamp("created_at"),
+    timestamp("updated_at"),
 )

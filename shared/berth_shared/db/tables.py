@@ -80,3 +80,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def timestamp(name: str) -> Column[datetime]:
+    """A NOT NULL UTC timestamp column set on insert (created_at, updated_at)."""
+    return Column(name, UTCDateTime(), nullable=False, default=utcnow)
