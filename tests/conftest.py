@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from berth_procs import ServiceProcess
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth_shared.natsserver import NatsServer
-from berth_shared.testing import Tenants
+from berth_shared.testing import Tenants, drop_schemas
 
 
 @pytest.fixture
@@ -43,12 +40,4 @@ def service_process(
         proc.stop()
     schemas = [p.db_schema for p in made if p.database_url and p.db_schema]
     if db_url and schemas:
-
-        async def drop() -> None:
-            engine = create_async_engine(db_url.replace("postgresql://", "postgresql+asyncpg://", 1))
-            async with engine.begin() as conn:
-                for schema in schemas:
-                    await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            await engine.dispose()
-
-        asyncio.run(drop())
+        drop_schemas(db_url, schemas)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +19,10 @@ from berth_shared.errors import PROBLEM_BASE, BerthError
 from berth_shared.telemetry import Metrics
 
 PROBLEM = "application/problem+json"
+# For OpenAPI: the error statuses every /v1 route may answer, all problem+json bodies.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": "problem+json", "content": {PROBLEM: {}}} for code in (400, 401, 403, 404, 409, 422)
+}
 
 
 def problem_response(err: BerthError, instance: str) -> JSONResponse:

@@ -92,16 +92,21 @@ def make_settings(
 
     yield make
     if db_url and schemas:
-        import asyncio
+        drop_schemas(db_url, schemas)
 
-        async def drop() -> None:
-            engine = create_async_engine(db_url.replace("postgresql://", "postgresql+asyncpg://", 1))
-            async with engine.begin() as conn:
-                for schema in schemas:
-                    await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            await engine.dispose()
 
-        asyncio.run(drop())
+def drop_schemas(db_url: str, schemas: list[str]) -> None:
+    """Drop the PostgreSQL schemas a test made (runs its own event loop: call from teardown)."""
+    import asyncio
+
+    async def drop() -> None:
+        engine = create_async_engine(db_url.replace("postgresql://", "postgresql+asyncpg://", 1))
+        async with engine.begin() as conn:
+            for schema in schemas:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await engine.dispose()
+
+    asyncio.run(drop())
 
 
 @asynccontextmanager

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from berth_attacher.service import Attacher
-from berth_shared.http import Caller
+from berth_shared.http import PROBLEM_RESPONSES, Caller
 from berth_shared.messages.attacher import (
     Attachment,
     AttachmentList,
@@ -27,11 +27,7 @@ from berth_shared.messages.attacher import (
     Unpublish,
 )
 
-PROBLEMS = {
-    code: {"description": "problem+json", "content": {"application/problem+json": {}}}
-    for code in (400, 401, 403, 404, 409, 422)
-}
-router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 
 def _svc(request: Request) -> Attacher:

@@ -23,9 +23,9 @@ from berth_attacher.liveness import NodeView, Policy, assess, may_fence
 from berth_attacher.locator import Locator
 from berth_shared.auth import Principal
 from berth_shared.backends import FenceTarget
-from berth_shared.bus.envelope import SYSTEM_TENANT, new_event
+from berth_shared.bus.envelope import SYSTEM_TENANT
 from berth_shared.db import BusTables, Database, affected
-from berth_shared.db.outbox import OutboxRelay, enqueue
+from berth_shared.db.outbox import EventWriter, OutboxRelay
 from berth_shared.errors import FailedPrecondition, NotFound, PermissionDenied
 from berth_shared.messages.attacher import (
     Attachment,
@@ -89,6 +89,7 @@ class Attacher:
         self.db = db
         self.tables = tables
         self.relay = relay
+        self.events = EventWriter(SERVICE, tables, relay)
         self.locator = locator
         self.policy = policy
         self.owner = owner
@@ -97,18 +98,6 @@ class Attacher:
         # Since when this replica could hear heartbeats (set by the liveness loop at start
         # and after every NATS reconnection): no node's silence is counted from before it.
         self.heard_since: datetime | None = None
-
-    async def _emit(
-        self, s: AsyncSession, tenant: str, noun: str, verb: str, subject_id: str, data: dict[str, Any]
-    ) -> None:
-        subject, event = new_event(
-            service=SERVICE, tenant=tenant, noun=noun, verb=verb, subject_id=subject_id, data=data
-        )
-        await enqueue(s, self.tables, subject, event)
-
-    def _notify(self) -> None:
-        if self.relay:
-            self.relay.notify()
 
     async def _lock_volume(self, s: AsyncSession, volume_id: str) -> None:
         """Serialise grants per volume. SQLite already serialises writers (BEGIN IMMEDIATE)."""
@@ -171,8 +160,8 @@ class Attacher:
                 await s.execute(t.attachments.insert().values(id=att_id, **values))
             row = (await s.execute(select(t.attachments).where(t.attachments.c.id == att_id))).one()
             out = attachment_out(row)
-            await self._emit(s, loc.tenant, "attachment", "created", att_id, out.model_dump(mode="json"))
-        self._notify()
+            await self.events.emit(s, loc.tenant, "attachment", "created", att_id, out.model_dump(mode="json"))
+        self.events.notify()
         return out
 
     async def _next_generation(self, s: AsyncSession, volume_id: str) -> int:
@@ -196,10 +185,10 @@ class Attacher:
             if row.tenant != p.tenant and not p.is_admin:
                 raise NotFound(f"volume {req.volume_id} not found", reason="volume_not_found")
             await s.execute(delete(t.attachments).where(a.id == row.id))
-            await self._emit(
+            await self.events.emit(
                 s, row.tenant, "attachment", "deleted", row.id, attachment_out(row).model_dump(mode="json")
             )
-        self._notify()
+        self.events.notify()
 
     async def list_attachments(self, p: Principal, q: AttachmentQuery) -> AttachmentList:
         query = select(t.attachments).order_by(t.attachments.c.created_at, t.attachments.c.id)
@@ -236,10 +225,10 @@ class Attacher:
                         tainted=False,
                     )
                 )
-                await self._emit(
+                await self.events.emit(
                     s, SYSTEM_TENANT, "node", "registered", hb.node_id, {"node_id": hb.node_id, "zone": hb.zone}
                 )
-                self._notify()
+                self.events.notify()
                 return HeartbeatReply(node_id=hb.node_id, state="alive", fenced=False, fence_epoch=0)
             values: dict[str, Any] = {
                 "last_heartbeat_at": now(),
@@ -255,7 +244,7 @@ class Attacher:
                 values.update(state="alive", state_reason="heartbeat resumed")
             await s.execute(update(t.nodes).where(t.nodes.c.id == hb.node_id).values(**values))
             if back and node.state != "suspect":
-                await self._emit(
+                await self.events.emit(
                     s, SYSTEM_TENANT, "node", "recovered", hb.node_id, {"node_id": hb.node_id, "was": node.state}
                 )
             blocked: list[str] = []
@@ -269,7 +258,7 @@ class Attacher:
                 )
             state = "alive" if back else node.state
         if back:
-            self._notify()
+            self.events.notify()
         return HeartbeatReply(
             node_id=hb.node_id, state=state, fenced=fenced, fence_epoch=node.fence_epoch, blocked_volumes=blocked
         )
@@ -356,16 +345,16 @@ class Attacher:
                     .where(t.fences.c.node_id == node_id, t.fences.c.unfenced_at.is_(None))
                     .values(unfenced_at=now())
                 )
-                await self._emit(
+                await self.events.emit(
                     s, SYSTEM_TENANT, "node", "unfenced", node_id, {"node_id": node_id, "epoch": row.fence_epoch}
                 )
-        self._notify()
+        self.events.notify()
         if self.tainter and row.tainted:
             await self.tainter.untaint(node_id)
             async with self.db.transaction() as s:
                 await s.execute(update(t.nodes).where(t.nodes.c.id == node_id).values(tainted=False))
-                await self._emit(s, SYSTEM_TENANT, "node", "untainted", node_id, {"node_id": node_id})
-            self._notify()
+                await self.events.emit(s, SYSTEM_TENANT, "node", "untainted", node_id, {"node_id": node_id})
+            self.events.notify()
         return node_out(await self._node(node_id))
 
     async def _node(self, node_id: str) -> Row[Any]:
@@ -442,8 +431,8 @@ class Attacher:
                 .values(state=state, state_reason=why, updated_at=now())
             )
             if affected(res) == 1 and row.state != state:
-                await self._emit(s, SYSTEM_TENANT, "node", verb, row.id, {"node_id": row.id, "reason": why})
-        self._notify()
+                await self.events.emit(s, SYSTEM_TENANT, "node", verb, row.id, {"node_id": row.id, "reason": why})
+        self.events.notify()
 
     async def _start_fence(self, row: Row[Any], why: str, *, enforce_limits: bool) -> None:
         if enforce_limits:
@@ -495,10 +484,10 @@ class Attacher:
                     lease_until=now() + FENCE_LEASE,
                 )
             )
-            await self._emit(
+            await self.events.emit(
                 s, SYSTEM_TENANT, "node", "fencing", row.id, {"node_id": row.id, "epoch": epoch, "reason": why}
             )
-        self._notify()
+        self.events.notify()
         self.launch_fence(fence_id)
 
     def launch_fence(self, fence_id: str) -> asyncio.Task[None]:
@@ -564,8 +553,8 @@ class Attacher:
             )
             for att in atts:
                 data = attachment_out(att).model_dump(mode="json") | {"state": "released", "fence_epoch": fence.epoch}
-                await self._emit(s, att.tenant, "attachment", "released", att.id, data)
-            await self._emit(
+                await self.events.emit(s, att.tenant, "attachment", "released", att.id, data)
+            await self.events.emit(
                 s,
                 SYSTEM_TENANT,
                 "node",
@@ -573,7 +562,7 @@ class Attacher:
                 node_id,
                 {"node_id": node_id, "epoch": fence.epoch, "results": results, "released": [a.volume_id for a in atts]},
             )
-        self._notify()
+        self.events.notify()
         if self.tainter:
             # Only after a completed fence: the taint makes Kubernetes detach and reschedule.
             try:
@@ -583,10 +572,10 @@ class Attacher:
                 return
             async with self.db.transaction() as s:
                 await s.execute(update(t.nodes).where(t.nodes.c.id == node_id).values(tainted=True))
-                await self._emit(
+                await self.events.emit(
                     s, SYSTEM_TENANT, "node", "tainted", node_id, {"node_id": node_id, "epoch": fence.epoch}
                 )
-            self._notify()
+            self.events.notify()
 
     async def resume_fences(self) -> int:
         async with self.db.sessions() as s:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from berth_provisioner.service import Provisioner
-from berth_shared.http import Caller
+from berth_shared.http import PROBLEM_RESPONSES, Caller
 from berth_shared.messages.common import RESOURCE_ID_PATTERN, TENANT_NAME_PATTERN, ListQuery
 from berth_shared.messages.provisioner import (
     Cluster,
@@ -37,11 +37,6 @@ PathId = Annotated[str, Path(min_length=1, max_length=64, pattern=RESOURCE_ID_PA
 PathTenant = Annotated[str, Path(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)]
 QueryId = Annotated[str | None, Query(min_length=1, max_length=64, pattern=RESOURCE_ID_PATTERN)]
 
-PROBLEMS = {
-    code: {"description": "problem+json", "content": {"application/problem+json": {}}}
-    for code in (400, 401, 403, 404, 409, 422)
-}
-
 
 def _svc(request: Request) -> Provisioner:
     svc: Provisioner = request.app.state.provisioner
@@ -52,7 +47,7 @@ def _wait(request: Request) -> float:
     return float(request.app.state.rt.settings.command_timeout_s)
 
 
-router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 
 @router.post("/volumes", status_code=status.HTTP_201_CREATED, tags=["volumes"])

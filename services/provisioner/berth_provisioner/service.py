@@ -23,9 +23,9 @@ from berth_provisioner.operations import OperationRunner, new_id, now
 from berth_provisioner.placement import NoValidCluster, PlacementRequest, rank
 from berth_shared.auth import Principal
 from berth_shared.backends import Backend, BackendError, Capacity, build_backend, validate_backend_config
-from berth_shared.bus.envelope import SYSTEM_TENANT, new_event
+from berth_shared.bus.envelope import SYSTEM_TENANT
 from berth_shared.db import BusTables, Database, affected
-from berth_shared.db.outbox import OutboxRelay, enqueue
+from berth_shared.db.outbox import EventWriter, OutboxRelay
 from berth_shared.errors import (
     Aborted,
     AlreadyExists,
@@ -84,6 +84,7 @@ class Provisioner:
         self.db = db
         self.tables = tables
         self.relay = relay
+        self.events = EventWriter(SERVICE, tables, relay)
         self.runner = runner
         self.default_quota = (default_quota_volumes, default_quota_gigabytes)
         self._backends: dict[str, Backend] = {}
@@ -95,18 +96,6 @@ class Provisioner:
         runner.register("snapshot.delete", self._op_snapdel_do, self._op_snapdel_finish, self._op_snapdel_fail)
 
     # -- plumbing --------------------------------------------------------------
-
-    async def _emit(
-        self, s: AsyncSession, tenant: str, noun: str, verb: str, subject_id: str, data: dict[str, Any]
-    ) -> None:
-        subject, event = new_event(
-            service=SERVICE, tenant=tenant, noun=noun, verb=verb, subject_id=subject_id, data=data
-        )
-        await enqueue(s, self.tables, subject, event)
-
-    def _notify(self) -> None:
-        if self.relay:
-            self.relay.notify()
 
     async def backend_for(self, cluster_id: str) -> Backend:
         backend = self._backends.get(cluster_id)
@@ -342,11 +331,11 @@ class Provisioner:
             if affected(res) == 1:
                 vol = await repo.volume_by_id(s, None, vid)
                 assert vol is not None
-                await self._emit(
+                await self.events.emit(
                     s, vol.tenant, "volume", "created", vol.id, repo.volume_out(vol).model_dump(mode="json")
                 )
             await self.runner.mark_done(s, op["id"])
-        self._notify()
+        self.events.notify()
         return True
 
     async def _op_create_fail(self, op: dict[str, Any], why: str) -> None:
@@ -365,8 +354,8 @@ class Provisioner:
             if affected(res) == 1:
                 await self._release(s, vol)
                 data = repo.volume_out(vol).model_dump(mode="json") | {"status": "error", "error": why}
-                await self._emit(s, vol.tenant, "volume", "create_failed", vid, data)
-        self._notify()
+                await self.events.emit(s, vol.tenant, "volume", "create_failed", vid, data)
+        self.events.notify()
 
     async def _release(self, s: AsyncSession, vol: Row[Any]) -> None:
         await self._release_quota(s, vol.tenant, 1, vol.size_gib)
@@ -471,8 +460,8 @@ class Provisioner:
             if affected(res) == 1:
                 await self._release(s, vol)
                 data = repo.volume_out(vol).model_dump(mode="json")
-                await self._emit(s, vol.tenant, "volume", "deleted", vid, data)
-        self._notify()
+                await self.events.emit(s, vol.tenant, "volume", "deleted", vid, data)
+        self.events.notify()
 
     async def _op_delete_fail(self, op: dict[str, Any], why: str) -> None:
         async with self.db.transaction() as s:
@@ -559,8 +548,10 @@ class Provisioner:
             if affected(res) == 1:
                 vol = await repo.volume_by_id(s, None, vid)
                 assert vol is not None
-                await self._emit(s, vol.tenant, "volume", "expanded", vid, repo.volume_out(vol).model_dump(mode="json"))
-        self._notify()
+                await self.events.emit(
+                    s, vol.tenant, "volume", "expanded", vid, repo.volume_out(vol).model_dump(mode="json")
+                )
+        self.events.notify()
 
     async def _op_expand_fail(self, op: dict[str, Any], why: str) -> None:
         vid = op["params"]["volume_id"]
@@ -649,10 +640,10 @@ class Provisioner:
             if affected(res) == 1:
                 snap = await repo.snapshot_by_id(s, None, sid)
                 assert snap is not None
-                await self._emit(
+                await self.events.emit(
                     s, snap.tenant, "snapshot", "created", sid, repo.snapshot_out(snap).model_dump(mode="json")
                 )
-        self._notify()
+        self.events.notify()
 
     async def _op_snap_fail(self, op: dict[str, Any], why: str) -> None:
         sid = op["params"]["snapshot_id"]
@@ -724,10 +715,10 @@ class Provisioner:
                 t.snapshots.delete().where(t.snapshots.c.id == sid, t.snapshots.c.status == "deleting")
             )
             if affected(res) == 1:
-                await self._emit(
+                await self.events.emit(
                     s, snap.tenant, "snapshot", "deleted", sid, repo.snapshot_out(snap).model_dump(mode="json")
                 )
-        self._notify()
+        self.events.notify()
 
     async def _op_snapdel_fail(self, op: dict[str, Any], why: str) -> None:
         async with self.db.transaction() as s:
@@ -770,8 +761,8 @@ class Provisioner:
             )
             row = (await s.execute(select(t.clusters).where(t.clusters.c.id == cluster_id))).one()
             out = repo.cluster_out(row)
-            await self._emit(s, SYSTEM_TENANT, "cluster", "registered", cluster_id, out.model_dump(mode="json"))
-        self._notify()
+            await self.events.emit(s, SYSTEM_TENANT, "cluster", "registered", cluster_id, out.model_dump(mode="json"))
+        self.events.notify()
         return out
 
     async def update_cluster(self, p: Principal, req: ClusterUpdate) -> Cluster:
@@ -794,8 +785,8 @@ class Provisioner:
                 raise NotFound(f"cluster {req.id} not found", reason="cluster_not_found")
             out = repo.cluster_out(row)
             if changes:
-                await self._emit(s, SYSTEM_TENANT, "cluster", "updated", req.id, out.model_dump(mode="json"))
-        self._notify()
+                await self.events.emit(s, SYSTEM_TENANT, "cluster", "updated", req.id, out.model_dump(mode="json"))
+        self.events.notify()
         return out
 
     async def list_clusters(self, p: Principal) -> ClusterList:
@@ -845,8 +836,8 @@ class Provisioner:
             )
             row = (await s.execute(select(t.quotas).where(t.quotas.c.tenant == req.tenant))).one()
             out = Quota.model_validate(row._mapping)
-            await self._emit(s, req.tenant, "quota", "updated", req.tenant, out.model_dump(mode="json"))
-        self._notify()
+            await self.events.emit(s, req.tenant, "quota", "updated", req.tenant, out.model_dump(mode="json"))
+        self.events.notify()
         return out
 
     async def get_quota(self, p: Principal, tenant: str | None) -> Quota:

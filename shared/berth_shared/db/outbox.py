@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.js.api import PubAck
@@ -17,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_shared.bus.client import Bus
-from berth_shared.bus.envelope import CloudEvent
+from berth_shared.bus.envelope import CloudEvent, new_event
 from berth_shared.db.engine import Database
 from berth_shared.db.tables import BusTables
 from berth_shared.faults import checkpoint
@@ -112,3 +113,25 @@ class OutboxRelay:
         if len(done) < len(rows):
             raise RuntimeError(f"outbox relay published {len(done)} of {len(rows)} events")
         return len(done)
+
+
+class EventWriter:
+    """What a service's use cases call to emit: the event goes into the outbox inside the
+    caller's transaction, and `notify()` after the commit wakes the relay."""
+
+    def __init__(self, service: str, tables: BusTables, relay: OutboxRelay | None) -> None:
+        self.service = service
+        self.tables = tables
+        self.relay = relay
+
+    async def emit(
+        self, session: AsyncSession, tenant: str, noun: str, verb: str, subject_id: str, data: dict[str, Any]
+    ) -> None:
+        subject, event = new_event(
+            service=self.service, tenant=tenant, noun=noun, verb=verb, subject_id=subject_id, data=data
+        )
+        await enqueue(session, self.tables, subject, event)
+
+    def notify(self) -> None:
+        if self.relay:
+            self.relay.notify()
