@@ -57,6 +57,9 @@ async def outside(url: str) -> AsyncIterator[AsyncConnection]:
 async def waiting_on_locks(conn: AsyncConnection) -> int:
     """Sessions blocked, directly or through one another, by our own connection's locks
     (other tests may share the database: their waits do not count)."""
+    # pg_stat_activity lists the backends as of the transaction's first read of it: a
+    # session that connected since (a fresh pool connection) would stay invisible.
+    await conn.execute(text("SELECT pg_stat_clear_snapshot()"))
     rows = await conn.execute(
         text(
             "SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity"
