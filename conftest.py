@@ -1,1 +1,1 @@
-pytest_plugins = ["berth_shared.testing"]
+pytest_plugins = ["berth_testing.plugin"]

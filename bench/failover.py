@@ -24,9 +24,10 @@ writers is an invariant violation (must be 0).
     .venv/bin/python bench/failover.py --dead-after 20     # the cautious setting
     .venv/bin/python bench/failover.py --short             # 3 runs, dead after 2 s (CI smoke)
 
-Target (DESIGN.md section 8): under 30 s with the default policy. Needs root and loop
-devices. The exit code is 1 on an invariant violation or a failed run (or with --check, a
-missed target), 2 when the host cannot run it.
+Target (docs/design.md, invariants): under 30 s with the default policy. Needs root, loop
+devices and the dev install (`scripts/install.sh --dev`: it imports `berth_testing`). The
+exit code is 1 on an invariant violation or a failed run (or with --check, a missed
+target), 2 when the host cannot run it.
 
 The fencing-storm guard (BERTH_MAX_FENCES_PER_WINDOW, default 5 fences per 600 s) would
 hold back the sixth failover of a series; the benchmark raises it above the number of runs
@@ -60,20 +61,6 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from berth_stack import (  # tests/ is not a package
-    InvariantChecker,
-    cleanup_host,
-    loop_skip_reason,
-    missing_markers,
-    mount_point,
-    node_state,
-    take_over,
-    wait_node_state,
-    write_marker,
-)
-
 from berth_attacher.agent import NodeAgent
 from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
@@ -81,6 +68,17 @@ from berth_provisioner.app import create_app as provisioner_app
 from berth_shared.bus import Bus
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import Settings
+from berth_testing import loop_skip_reason
+from berth_testing.single_writer import (
+    InvariantChecker,
+    cleanup_host,
+    missing_markers,
+    mount_point,
+    node_state,
+    take_over,
+    wait_node_state,
+    write_marker,
+)
 
 TARGET_S = 30.0
 TENANT = "bench"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create ./.venv and install every Berth package (editable) with what it needs.
-# Usage: scripts/install.sh [--dev]   (--dev adds the test and lint tools)
+# Usage: scripts/install.sh [--dev]   (--dev adds the test-only package berth_testing and the test and lint tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -10,6 +10,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 PKGS=(-e ./shared -e ./services/provisioner -e ./services/attacher -e ./services/watcher -e ./services/alerts -e ./services/csi -e ./cli)
 if [ "${1:-}" = "--dev" ]; then
-  PKGS+=(-r requirements-dev.txt)
+  PKGS+=(-e ./shared/testing -r requirements-dev.txt)
 fi
 .venv/bin/python -m pip install -q "${PKGS[@]}"

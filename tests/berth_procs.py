@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,25 +26,6 @@ from berth_shared.natsserver import free_port
 
 T = TypeVar("T")
 EVENTS_STREAM = "BERTH_EVENTS"
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    ok: Callable[[T], bool],
-    *,
-    within: float = 15.0,
-    every: float = 0.1,
-    what: str = "",
-) -> T:
-    """Poll `probe` until `ok(result)`, for at most `within` seconds; fail with the last result."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if ok(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {within}s: {what or probe!r}; last: {result!r}")
-        await asyncio.sleep(every)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Fixtures of the cross-service tests (the shared ones come from berth_shared.testing)."""
+"""Fixtures of the cross-service tests (the shared ones come from the berth_testing plugin)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from berth_procs import ServiceProcess
 
 from berth_shared.natsserver import NatsServer
-from berth_shared.testing import Tenants, drop_schemas
+from berth_testing import Tenants, drop_schemas
 
 
 @pytest.fixture

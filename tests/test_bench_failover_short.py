@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from berth_stack import loop_skip_reason
+
+from berth_testing import loop_skip_reason
 
 pytestmark = [
     pytest.mark.slow,

@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 import httpx
 import pytest
-from berth_procs import ServiceProcess, backlog, eventually
+from berth_procs import ServiceProcess, backlog
 from ceph_clusters import GIB, TYPES, fs_subvolumes, rbd_berth_images, rbd_image, register_ceph
 
 from berth_shared.backends.rbd import PARTIAL
-from berth_shared.ceph_fixture import CephCluster
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually
+from berth_testing.ceph import CephCluster
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from berth_procs import ServiceProcess, backlog, eventually, expected_files, stream_events, volume_files
+from berth_procs import ServiceProcess, backlog, expected_files, stream_events, volume_files
 
 from berth_shared.natsserver import NatsServer
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually
 
 pytestmark = pytest.mark.slow
 

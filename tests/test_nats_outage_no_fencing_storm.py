@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from berth_procs import ServiceProcess
-from berth_stack import node_state, wait_node_state
 
 from berth_attacher.agent import NodeAgent
 from berth_shared.bus import Bus
 from berth_shared.natsserver import NatsServer
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
+from berth_testing.single_writer import node_state, wait_node_state
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from berth_procs import backlog, eventually, expected_files, stream_events, volume_files
+from berth_procs import backlog, expected_files, stream_events, volume_files
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,7 +44,7 @@ from berth_shared.db import add_bus_tables, make_database
 from berth_shared.errors import BerthError
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants, running
+from berth_testing import Tenants, eventually, running
 
 pytestmark = pytest.mark.slow
 

@@ -27,10 +27,14 @@ from pathlib import Path
 import httpx
 import pytest
 from berth_procs import ServiceProcess
-from berth_stack import (
+
+from berth_attacher.agent import NodeAgent
+from berth_shared.bus import Bus
+from berth_shared.natsserver import NatsServer
+from berth_testing import Tenants, loop_skip_reason
+from berth_testing.single_writer import (
     InvariantChecker,
     cleanup_host,
-    loop_skip_reason,
     missing_markers,
     mount_point,
     node_state,
@@ -38,11 +42,6 @@ from berth_stack import (
     wait_node_state,
     write_marker,
 )
-
-from berth_attacher.agent import NodeAgent
-from berth_shared.bus import Bus
-from berth_shared.natsserver import NatsServer
-from berth_shared.testing import Tenants
 
 pytestmark = [
     pytest.mark.slow,

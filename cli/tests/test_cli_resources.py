@@ -22,7 +22,7 @@ from berth_provisioner.app import create_app
 from berth_shared.auth import ensure_token_file
 from berth_shared.natsserver import free_port
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
 
 
 @contextmanager

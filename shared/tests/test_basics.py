@@ -38,7 +38,7 @@ from berth_shared.errors import (
 )
 from berth_shared.logs import JsonFormatter, configure_logging, redact
 from berth_shared.settings import DEFAULT_PORTS, Settings, load_settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
 
 # -- errors ----------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ import pytest
 
 from berth_shared.backends import FenceTarget, Unsupported, build_backend
 from berth_shared.backends.cephfs import CephFsBackend
-from berth_shared.ceph_fixture import CephCluster
 from berth_shared.errors import FailedPrecondition, NotFound
 from berth_shared.node import ceph as node
+from berth_testing.ceph import CephCluster
 
 MiB = 1 << 20
 

@@ -21,9 +21,9 @@ import pytest
 from berth_shared.backends import FenceTarget, build_backend, ceph_bindings, validate_backend_config
 from berth_shared.backends.ceph_common import addr_matches, normalize_addr
 from berth_shared.backends.rbd import META_VOLUME, PARTIAL, RbdBackend
-from berth_shared.ceph_fixture import RBD_DATA_POOL, RBD_POOL, CephCluster
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from berth_shared.node import ceph as node
+from berth_testing.ceph import RBD_DATA_POOL, RBD_POOL, CephCluster
 
 MiB = 1 << 20
 

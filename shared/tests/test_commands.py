@@ -28,7 +28,7 @@ from berth_shared.errors import (
 )
 from berth_shared.natsserver import NatsServer
 from berth_shared.telemetry import Metrics
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
 
 
 class Thing(BaseModel):

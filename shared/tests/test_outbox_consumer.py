@@ -7,8 +7,6 @@ durable consumer names, and reads back only its own subjects.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,24 +26,9 @@ from berth_shared.db.outbox import OutboxRelay, enqueue
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import Settings
 from berth_shared.telemetry import Metrics
+from berth_testing import eventually
 
 STREAM = Settings().events_stream
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], *, within: float = 8.0, what: str = "condition"
-) -> None:
-    """Poll `check` every 20 ms until true; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

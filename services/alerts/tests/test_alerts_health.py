@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from berth_alerts.app import create_app
 from berth_shared.settings import Settings
-from berth_shared.testing import running
+from berth_testing import running
 
 
 async def test_alerts_starts_healthy_and_ready(make_settings: Callable[..., Settings]) -> None:

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from berth_shared.bus.envelope import SYSTEM_TENANT
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
 
 PROBLEM = "application/problem+json"
 SYSTEM_EVENTS = f"berth.events.{SYSTEM_TENANT}.>"

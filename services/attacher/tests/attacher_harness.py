@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from berth_attacher.agent import NodeAgent
 from berth_attacher.app import create_app as attacher_app
@@ -19,25 +16,7 @@ from berth_attacher.config import AttacherSettings
 from berth_provisioner.app import create_app as provisioner_app
 from berth_shared.bus import Bus
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants, running
-
-needs_loop = pytest.mark.skipif(
-    not (os.path.exists("/dev/loop-control") and os.geteuid() == 0),
-    reason="needs root and loop devices (losetup, mkfs, mount)",
-)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]],
-    timeout: float = 15.0,
-    what: str = "condition",
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from berth_testing import Tenants, running
 
 
 @dataclass

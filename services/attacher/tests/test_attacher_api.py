@@ -25,12 +25,12 @@ from attacher_checks import (
     uid,
     whole_state,
 )
-from attacher_harness import Stack, eventually, stack
+from attacher_harness import Stack, stack
 
 from berth_shared.errors import FailedPrecondition, NotFound, PermissionDenied
 from berth_shared.messages.attacher import PREFIX, Attachment, AttachmentList, HeartbeatReply, Node
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ async def b_volume(st: Stack, name: str) -> dict[str, Any]:
 async def fence_node(st: Stack, node_id: str) -> None:
     r = await st.att.post(f"/v1/nodes/{node_id}/down", json={"reason": "test"}, headers=st.h(st.tenants.admin))
     assert r.status_code == 200, r.text
-    await eventually(state_is(st, node_id, "fenced"), timeout=5, what=f"{node_id} fenced")
+    await eventually(state_is(st, node_id, "fenced"), within=5, what=f"{node_id} fenced")
 
 
 # -- grants ----------------------------------------------------------------------------------

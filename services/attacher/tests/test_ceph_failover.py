@@ -25,19 +25,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from attacher_harness import Stack, eventually, stack
+from attacher_harness import Stack, stack
 from ceph_clusters import TYPES, register_ceph
 
 from berth_attacher.agent import Held
 from berth_shared.backends import build_backend
 from berth_shared.backends.cephfs import CephFsBackend
 from berth_shared.backends.rbd import RbdBackend
-from berth_shared.ceph_fixture import CephCluster
 from berth_shared.errors import FailedPrecondition
 from berth_shared.node import ceph as node
 from berth_shared.node.ceph import CephClientSpec
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually
+from berth_testing.ceph import CephCluster
 
 pytestmark = pytest.mark.root
 T = TypeVar("T")
@@ -138,10 +138,10 @@ async def _failover(
 
         # Let a heartbeat carry A's address to the attacher, then A goes silent, mounts kept.
         beats = a.beats.last_ok
-        await eventually(lambda: _after(a.beats.last_ok, beats), timeout=5, what="a heartbeat with A's volume")
+        await eventually(lambda: _after(a.beats.last_ok, beats), within=5, what="a heartbeat with A's volume")
         await a.stop()
         silent_at = time.monotonic()
-        await eventually(lambda: _state_is(st, node_a, "fenced"), timeout=20, what=f"{node_a} fenced")
+        await eventually(lambda: _state_is(st, node_a, "fenced"), within=20, what=f"{node_a} fenced")
 
         # A's writer is cut off at Ceph: its next write does not reach the volume.
         with pytest.raises(OSError):
@@ -165,8 +165,8 @@ async def _failover(
 
     # A comes back: it learns it was fenced, drops its stale mount and is unfenced.
     a.start()
-    await eventually(lambda: _state_is(st, node_a, "alive"), timeout=20, what=f"{node_a} unfenced")
-    await eventually(lambda: _true(not a.fenced), timeout=5, what=f"{node_a} took in its unfence")
+    await eventually(lambda: _state_is(st, node_a, "alive"), within=20, what=f"{node_a} unfenced")
+    await eventually(lambda: _true(not a.fenced), within=5, what=f"{node_a} took in its unfence")
     assert a.held == {} and not node.is_mounted(held.mount)
     with pytest.raises(FailedPrecondition):
         await a.publish_and_stage(vol["id"])

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from attacher_harness import eventually, needs_loop, stack
+from attacher_harness import stack
 
 from berth_attacher.agent import NodeAgent
 from berth_shared.errors import FailedPrecondition
 from berth_shared.node import host
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually, needs_loop
 
 
 @needs_loop

@@ -17,7 +17,6 @@ SQLite writers are serialised (BEGIN IMMEDIATE), so these interleavings cannot h
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually
 
 QUIET = {"dead_after_s": 600.0}  # no node dies on its own here: only the admin's down call
 
@@ -75,13 +74,6 @@ async def waiting_on_locks(conn: AsyncConnection) -> int:
         mine |= more
 
 
-async def until(check: Callable[[], Any], what: str, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 def recording(make_settings: Callable[..., Settings], made: dict[str, Settings]) -> Callable[..., Settings]:
     """make_settings that remembers each service's settings (to know the attacher's schema)."""
 
@@ -110,18 +102,18 @@ async def test_publish_racing_a_fence_start_is_refused_or_fenced(
         # checked that the node is alive.
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:v))"), {"v": racing["id"]})
         pub = asyncio.create_task(publish(st, tenants.a, racing["id"], node))
-        await until(lambda: _waiters_at_least(conn, 1), "the publish to wait for the volume lock")
+        await eventually(lambda: _waiters_at_least(conn, 1), what="the publish to wait for the volume lock")
 
         # Meanwhile the node is declared down: the fence starts (or queues behind the publish).
         down = asyncio.create_task(
             st.att.post(f"/v1/nodes/{node}/down", json={"reason": "race"}, headers=st.h(tenants.admin))
         )
-        await until(lambda: _done_or_waiting(down, conn, 2), "the down call to finish or queue")
+        await eventually(lambda: _done_or_waiting(down, conn, 2), what="the down call to finish or queue")
         await conn.rollback()  # let the publish go on
         r_pub, r_down = await asyncio.wait_for(asyncio.gather(pub, down), 15.0)
         assert r_down.status_code == 200, r_down.text
 
-        await until(lambda: _state_in(st, node, "fenced"), "the fence to complete")
+        await eventually(lambda: _state_in(st, node, "fenced"), what="the fence to complete")
         assert [f["state"] for f in await fences(st, node)] == ["done"]
         schema = made["attacher"].schema_name
         rows = await conn.execute(text(f'SELECT targets FROM "{schema}".fences WHERE node_id = :id'), {"id": node})
@@ -157,9 +149,9 @@ async def test_heartbeat_racing_a_fence_start_does_not_revive_the_node(
         schema = made["attacher"].schema_name
         await conn.execute(text(f'SELECT 1 FROM "{schema}".nodes WHERE id = :id FOR UPDATE'), {"id": node})
         approve = asyncio.create_task(st.att.post(f"/v1/nodes/{node}/fence", headers=st.h(tenants.admin)))
-        await until(lambda: _waiters_at_least(conn, 1), "the fence to queue on the node")
+        await eventually(lambda: _waiters_at_least(conn, 1), what="the fence to queue on the node")
         beat = asyncio.create_task(register_node(st, node))
-        await until(lambda: _waiters_at_least(conn, 2), "the heartbeat to queue on the node")
+        await eventually(lambda: _waiters_at_least(conn, 2), what="the heartbeat to queue on the node")
         await conn.rollback()
         r_approve, r_beat = await asyncio.wait_for(asyncio.gather(approve, beat), 15.0)
         assert r_approve.status_code == 200, r_approve.text
@@ -170,7 +162,7 @@ async def test_heartbeat_racing_a_fence_start_does_not_revive_the_node(
         reply = r_beat.json()
         assert reply["fenced"] is True, reply
         assert reply["state"] in ("fencing", "fenced"), reply
-        await until(lambda: _state_in(st, node, "fenced"), "the fence to complete")
+        await eventually(lambda: _state_in(st, node, "fenced"), what="the fence to complete")
 
 
 async def _waiters_at_least(conn: AsyncConnection, n: int) -> bool:

@@ -24,11 +24,11 @@ from attacher_checks import (
     state_is,
     uid,
 )
-from attacher_harness import Stack, eventually, stack
+from attacher_harness import Stack, stack
 
 from berth_attacher.agent import NodeAgent
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually
 
 FAST = 8.0  # seconds: generous bound for what takes a few monitor passes (0.1 s each)
 
@@ -46,7 +46,7 @@ async def probe_passes(st: Stack) -> None:
     is left silent until the monitor calls it suspect (half the grace), then beats again."""
     probe = uid("probe")
     await register_node(st, probe)
-    await eventually(state_is(st, probe, "suspect"), timeout=FAST, what="probe suspect")
+    await eventually(state_is(st, probe, "suspect"), within=FAST, what="probe suspect")
     await register_node(st, probe)
 
 
@@ -73,7 +73,7 @@ async def test_manual_mode_fences_only_when_an_admin_approves(
         agent = await st.agent(n)
         assert (await publish(st, tenants.a, vol["id"], n)).status_code == 201
         await agent.stop()
-        await eventually(state_is(st, n, "awaiting_approval"), timeout=FAST, what="awaiting approval")
+        await eventually(state_is(st, n, "awaiting_approval"), within=FAST, what="awaiting approval")
         await tap.wait_type(n, ev("node", "awaiting_fence_approval"))
 
         # However long it waits, nothing is cut and nothing moves.
@@ -90,7 +90,7 @@ async def test_manual_mode_fences_only_when_an_admin_approves(
         r = await st.att.post(f"/v1/nodes/{n}/fence", headers=st.h(tenants.admin))
         assert r.status_code == 200, r.text
         assert r.json()["state"] in ("fencing", "fenced")
-        await eventually(state_is(st, n, "fenced"), timeout=FAST, what="fenced after approval")
+        await eventually(state_is(st, n, "fenced"), within=FAST, what="fenced after approval")
         fenced = await tap.wait_type(n, ev("node", "fenced"))
         assert fenced["data"]["released"] == [vol["id"]]
         assert [(f["epoch"], f["state"]) for f in await fences(st, n)] == [(1, "done")]
@@ -113,9 +113,9 @@ async def test_manual_mode_node_back_before_approval_is_not_fenced(
         n = uid("n")
         agent = await st.agent(n)
         await agent.stop()
-        await eventually(state_is(st, n, "awaiting_approval"), timeout=FAST, what="awaiting approval")
+        await eventually(state_is(st, n, "awaiting_approval"), within=FAST, what="awaiting approval")
         agent.start()
-        await eventually(state_is(st, n, "alive"), timeout=FAST, what="back alive")
+        await eventually(state_is(st, n, "alive"), within=FAST, what="back alive")
         await tap.wait_type(n, ev("node", "recovered"))
         assert await fences(st, n) == []
 
@@ -137,9 +137,9 @@ async def test_flapping_node_is_never_fenced(
         assert (await publish(st, tenants.a, vol["id"], n)).status_code == 201
         for _ in range(2):
             await agent.stop()
-            await eventually(state_is(st, n, "suspect"), timeout=FAST, what="suspect")
+            await eventually(state_is(st, n, "suspect"), within=FAST, what="suspect")
             agent.start()
-            await eventually(state_is(st, n, "alive"), timeout=FAST, what="alive again")
+            await eventually(state_is(st, n, "alive"), within=FAST, what="alive again")
         assert await fences(st, n) == []
         assert [a["state"] for a in await attachments(st, volume_id=vol["id"])] == ["attached"]
         node = await st.node(n)
@@ -172,7 +172,7 @@ async def test_cap_fences_one_node_and_defers_the_other_until_it_is_unfenced(
             states = sorted([await node_state(st, n1), await node_state(st, n2)])
             return states == ["dead", "fenced"]
 
-        await eventually(one_fenced_one_deferred, timeout=FAST, what="one fenced, one deferred")
+        await eventually(one_fenced_one_deferred, within=FAST, what="one fenced, one deferred")
         first = n1 if await node_state(st, n1) == "fenced" else n2
         second = n2 if first == n1 else n1
         deferred = await tap.wait_type(second, ev("node", "fence_deferred"))
@@ -191,7 +191,7 @@ async def test_cap_fences_one_node_and_defers_the_other_until_it_is_unfenced(
         # The first node comes back clean and is unfenced: the cap frees up and the second is fenced.
         agents[first].start()
         await tap.wait_type(first, ev("node", "unfenced"))
-        await eventually(state_is(st, second, "fenced"), timeout=FAST, what="second fenced")
+        await eventually(state_is(st, second, "fenced"), within=FAST, what="second fenced")
         (fence,) = await fences(st, second)
         assert fence["reason"].count("fence deferred") <= 1, fence["reason"]
         released = {a["volume_id"] for a in await attachments(st) if a["state"] == "released"}
@@ -213,19 +213,19 @@ async def test_rate_limit_defers_and_an_admin_approval_overrides_it(
         async def one_fenced_one_deferred() -> bool:
             return sorted([await node_state(st, n1), await node_state(st, n2)]) == ["dead", "fenced"]
 
-        await eventually(one_fenced_one_deferred, timeout=FAST, what="one fenced, one deferred")
+        await eventually(one_fenced_one_deferred, within=FAST, what="one fenced, one deferred")
         first, second = (n1, n2) if await node_state(st, n1) == "fenced" else (n2, n1)
         deferred = await tap.wait_type(second, ev("node", "fence_deferred"))
         assert "limit 1" in deferred["data"]["reason"]
         # ...even with the first node unfenced: the window, not the cap, holds it.
         agents[first].start()
-        await eventually(state_is(st, first, "alive"), timeout=FAST, what="first unfenced")
+        await eventually(state_is(st, first, "alive"), within=FAST, what="first unfenced")
         await probe_passes(st)
         assert await node_state(st, second) == "dead"
         assert await fences(st, second) == []
         r = await st.att.post(f"/v1/nodes/{second}/fence", headers=st.h(tenants.admin))
         assert r.status_code == 200, r.text
-        await eventually(state_is(st, second, "fenced"), timeout=FAST, what="approved fence")
+        await eventually(state_is(st, second, "fenced"), within=FAST, what="approved fence")
 
 
 # -- explicit signals ------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ async def test_admin_down_fences_a_live_node_at_once(
         assert fenced["data"]["released"] == [vol["id"]]
         # The live agent learns it is fenced, holds nothing, and is unfenced: the grant stays released.
         await tap.wait_type(n, ev("node", "unfenced"), within_s=FAST)
-        await eventually(state_is(st, n, "alive"), timeout=FAST, what="unfenced")
+        await eventually(state_is(st, n, "alive"), within=FAST, what="unfenced")
         assert [a["state"] for a in await attachments(st, volume_id=vol["id"])] == ["released"]
         other = uid("other")
         await register_node(st, other)
@@ -295,7 +295,7 @@ async def test_out_of_service_signal_fences_at_once_and_holds_until_cleared(
         # Cleared: the agent's next request unfences it, and it is not fenced again.
         r = await st.att.post(f"/v1/nodes/{n}/status", json={"out_of_service": False}, headers=st.h(tenants.admin))
         assert r.status_code == 200, r.text
-        await eventually(state_is(st, n, "alive"), timeout=FAST, what="unfenced")
+        await eventually(state_is(st, n, "alive"), within=FAST, what="unfenced")
         await probe_passes(st)
         assert await node_state(st, n) == "alive"
         assert len(await fences(st, n)) == 1
@@ -308,12 +308,12 @@ async def test_not_ready_is_required_when_the_policy_says_so(
         n = uid("n")
         agent = await st.agent(n)
         await agent.stop()
-        await eventually(state_is(st, n, "suspect"), timeout=FAST, what="suspect")
+        await eventually(state_is(st, n, "suspect"), within=FAST, what="suspect")
         await probe_passes(st)  # well past the grace: silence alone does not kill it
         assert await node_state(st, n) == "suspect"
         r = await st.att.post(f"/v1/nodes/{n}/status", json={"ready": False}, headers=st.h(tenants.admin))
         assert r.status_code == 200, r.text
-        await eventually(state_is(st, n, "fenced"), timeout=FAST, what="fenced once NotReady")
+        await eventually(state_is(st, n, "fenced"), within=FAST, what="fenced once NotReady")
 
 
 # -- unfencing ------------------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ async def test_unfence_refused_while_the_node_reports_staged_volumes(
         assert (await publish(st, tenants.a, vol["id"], n)).status_code == 201
         r = await st.att.post(f"/v1/nodes/{n}/down", json={}, headers=st.h(tenants.admin))
         assert r.status_code == 200, r.text
-        await eventually(state_is(st, n, "fenced"), timeout=FAST, what="fenced")
+        await eventually(state_is(st, n, "fenced"), within=FAST, what="fenced")
 
         stale = {"boot_id": "b", "staged": [{"volume_id": vol["id"], "device": "/dev/loop9", "mount": "/mnt/x"}]}
         for token in (node_token, tenants.admin):
@@ -369,7 +369,7 @@ async def test_manual_unfence_mode_needs_an_admin(
         n = uid("n")
         agent = await node_agent(st, n, node_token)
         await agent.stop()
-        await eventually(state_is(st, n, "fenced"), timeout=FAST, what="fenced")
+        await eventually(state_is(st, n, "fenced"), within=FAST, what="fenced")
         # Back and clean, but its own request is not enough under this policy.
         agent.start()
         r = await st.att.post(f"/v1/nodes/{n}/unfence", json={"boot_id": "b", "staged": []}, headers=st.h(node_token))
@@ -383,7 +383,7 @@ async def test_manual_unfence_mode_needs_an_admin(
         assert r.status_code == 200, r.text
         assert r.json()["state"] == "alive"
         await tap.wait_type(n, ev("node", "unfenced"))
-        await eventually(lambda: _not_fenced(agent), timeout=FAST, what="agent learns it is unfenced")
+        await eventually(lambda: _not_fenced(agent), within=FAST, what="agent learns it is unfenced")
         assert await node_state(st, n) == "alive"
 
 

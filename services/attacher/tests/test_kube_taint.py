@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from attacher_checks import SYSTEM_EVENTS, EventTap, attachments, ev, fences, publish, state_is, uid
-from attacher_harness import eventually, stack
+from attacher_harness import stack
 from fake_kube import FakeKube, fake_kube
 from kubernetes.client.exceptions import ApiException
 
@@ -21,7 +21,7 @@ from berth_attacher.kube import OUT_OF_SERVICE_KEY, KubeTainter
 from berth_shared.backends import FenceTarget
 from berth_shared.backends.file import FileBackend
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually
 
 OURS = {"key": OUT_OF_SERVICE_KEY, "value": "nodeshutdown", "effect": "NoExecute"}
 OTHER = {"key": "dedicated", "value": "db", "effect": "NoSchedule"}
@@ -162,12 +162,12 @@ async def test_taint_only_after_a_completed_fence_and_removed_after_unfence(
         await agent.stop()
 
         # The fence fails, is retried, then hangs: the node is fencing, its grant held, no taint.
-        await eventually(state_is(st, n, "fencing"), timeout=FAST, what="fencing")
+        await eventually(state_is(st, n, "fencing"), within=FAST, what="fencing")
 
         async def retried_and_hanging() -> bool:
             return gate.attempts > gate.failures
 
-        await eventually(retried_and_hanging, timeout=FAST, what="fence retried after failures")
+        await eventually(retried_and_hanging, within=FAST, what="fence retried after failures")
         assert (await st.node(n))["state"] == "fencing"
         assert kube.taints(n) == [OTHER]
         assert kube.calls == []  # Kubernetes not even asked
@@ -189,7 +189,7 @@ async def test_taint_only_after_a_completed_fence_and_removed_after_unfence(
         # Back, clean, unfenced: the taint goes (the other one stays), recorded and evented.
         agent.start()
         await tap.wait_type(n, ev("node", "untainted"), within_s=FAST)
-        await eventually(state_is(st, n, "alive"), timeout=FAST, what="unfenced")
+        await eventually(state_is(st, n, "alive"), within=FAST, what="unfenced")
         assert kube.taints(n) == [OTHER]
         types = tap.types_about(n)
         assert types.index(ev("node", "unfenced")) < types.index(ev("node", "untainted"))
@@ -213,7 +213,7 @@ async def test_no_taint_when_kubernetes_refuses_and_failover_goes_on(
         r = await st.att.post(f"/v1/nodes/{n}/down", json={}, headers=st.h(tenants.admin))
         assert r.status_code == 200, r.text
         await tap.wait_type(n, ev("node", "fenced"), within_s=FAST)
-        await eventually(lambda: _asked(kube, n), timeout=FAST, what="Kubernetes asked for the node")
+        await eventually(lambda: _asked(kube, n), within=FAST, what="Kubernetes asked for the node")
         assert [a["state"] for a in await attachments(st, volume_id=vol["id"])] == ["released"]
         # Unfenced without a taint to remove: Kubernetes is not asked again.
         asked = len(kube.calls)

@@ -3,7 +3,6 @@ session's nats-server; a real gRPC client (the generated stubs) plays the sideca
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -16,7 +15,6 @@ from typing import Any
 
 import grpc
 import httpx
-import pytest
 
 from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
@@ -28,12 +26,7 @@ from berth_provisioner.app import create_app as provisioner_app
 from berth_shared.bus import Bus
 from berth_shared.node import host
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants, running
-
-needs_loop = pytest.mark.skipif(
-    not host.loop_devices_available(),
-    reason="needs root and loop devices (/dev/loop-control, losetup, mkfs, mount): run as root to test the node side",
-)
+from berth_testing import Tenants, eventually, running
 
 GIB = 1024**3
 AM = csi.VolumeCapability.AccessMode
@@ -49,15 +42,6 @@ def block_cap(mode: int = AM.SINGLE_NODE_WRITER) -> Any:
 
 def zone_topology(zone: str = "default") -> Any:
     return csi.Topology(segments={ZONE_KEY: zone})
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {within}s waiting for {what}")
 
 
 # Small synchronous file helpers: the tests play kubelet and a pod on this host.

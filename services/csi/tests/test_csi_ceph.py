@@ -21,11 +21,11 @@ from csi_harness import AM, CsiStack, block_cap, csi_stack, kubelet_dir, mount_c
 from berth_csi.pb import csi
 from berth_shared.backends import build_backend
 from berth_shared.backends.cephfs import CephFsBackend
-from berth_shared.ceph_fixture import CephCluster
 from berth_shared.node import ceph as node_ceph
 from berth_shared.node import ceph_stage, host
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
+from berth_testing.ceph import CephCluster
 
 # gRPC's asyncio poller binds to one event loop: every CSI test shares the session's.
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.root]

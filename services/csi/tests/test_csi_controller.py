@@ -13,7 +13,7 @@ from berth_csi import DRIVER_NAME, ZONE_KEY
 from berth_csi.mapping import resource_name, size_gib
 from berth_csi.pb import csi, rpc
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
 
 PluginCap = csi.PluginCapability
 CtrlRPC = csi.ControllerServiceCapability.RPC.Type

@@ -15,7 +15,7 @@ from berth_csi.pb import csi
 from berth_shared.errors import ERRORS_BY_CODE
 from berth_shared.messages.provisioner import MAX_VOLUME_GIB
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
 
 Code = grpc.StatusCode
 

@@ -12,12 +12,10 @@ from csi_harness import (
     CsiStack,
     NodePlugin,
     csi_stack,
-    eventually,
     exists,
     kubelet_dir,
     leftovers,
     mount_cap,
-    needs_loop,
     read,
     rmdir,
     rpc_error,
@@ -28,7 +26,7 @@ from berth_csi.pb import csi, rpc
 from berth_csi.server import CsiServer
 from berth_shared.node import host
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually, needs_loop
 
 # gRPC's asyncio poller binds to one event loop: every CSI test shares the session's.
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from csi_harness import GIB, csi_stack, kubelet_dir, leftovers, mount_cap, needs_loop, read, rmdir, write
+from csi_harness import GIB, csi_stack, kubelet_dir, leftovers, mount_cap, read, rmdir, write
 
 from berth_csi.pb import csi
 from berth_shared.node import host
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, needs_loop
 
 # gRPC's asyncio poller binds to one event loop: every CSI test shares the session's.
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -16,7 +16,6 @@ from csi_harness import (
     kubelet_dir,
     leftovers,
     mount_cap,
-    needs_loop,
     read,
     rmdir,
     write,
@@ -27,7 +26,7 @@ from berth_csi import ZONE_KEY
 from berth_csi.pb import csi
 from berth_shared.node import host
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, needs_loop
 
 Usage = csi.VolumeUsage
 

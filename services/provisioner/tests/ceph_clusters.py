@@ -12,7 +12,7 @@ import httpx
 
 from berth_shared.backends import ceph_bindings
 from berth_shared.backends.rbd import META_VOLUME, PARTIAL
-from berth_shared.ceph_fixture import FS_NAME, RBD_POOL, CephCluster
+from berth_testing.ceph import FS_NAME, RBD_POOL, CephCluster
 
 GIB = 1 << 30
 TYPES = {"rbd": "ceph-rbd", "cephfs": "ceph-fs"}

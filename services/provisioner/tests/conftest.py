@@ -8,7 +8,7 @@ from provisioner_harness import Provisioner
 from berth_provisioner.app import create_app
 from berth_shared.bus import Bus
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants, running
+from berth_testing import Tenants, running
 
 
 @pytest.fixture

@@ -4,10 +4,9 @@ whole-state snapshots (to prove a rejected request changed nothing) and event ta
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,6 @@ from berth_provisioner.service import Provisioner as ProvisionerService
 
 PROBLEM = "application/problem+json"
 VOLUMES = "/v1/volumes"
-
-
-async def eventually(
-    cond: Callable[[], Awaitable[object] | object], within: float = 5.0, interval: float = 0.01
-) -> None:
-    """Poll `cond` (sync or async) until it holds; fail clearly after `within` seconds."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = cond()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(interval)
 
 
 def assert_problem(r: httpx.Response, status: int, code: str, reason: str | None = None) -> dict[str, Any]:

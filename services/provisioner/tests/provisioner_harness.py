@@ -6,7 +6,7 @@ import httpx
 
 from berth_shared.bus import Bus
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants
 
 
 @dataclass

@@ -13,7 +13,7 @@ from provisioner_harness import Provisioner
 
 from berth_shared.backends import ceph_bindings
 from berth_shared.backends.rbd import META_VOLUME
-from berth_shared.ceph_fixture import RBD_POOL, CephCluster
+from berth_testing.ceph import RBD_POOL, CephCluster
 
 VOLUMES, SNAPSHOTS = "/v1/volumes", "/v1/snapshots"
 

@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 from nats.js.api import DeliverPolicy
 from opentelemetry import trace
-from provisioner_checks import VOLUMES, EventTap, create_volume, db_state, eventually, service, set_quota
+from provisioner_checks import VOLUMES, EventTap, create_volume, db_state, service, set_quota
 from provisioner_harness import Provisioner
 from sqlalchemy import update
 
 from berth_shared.bus.envelope import CloudEvent
 from berth_shared.errors import BerthError
 from berth_shared.messages.provisioner import EVENTS
+from berth_testing import eventually
 
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from berth_shared.settings import Settings
-from berth_shared.testing import running
+from berth_testing import running
 from berth_watcher.app import create_app
 
 

@@ -2,7 +2,7 @@
 the single-writer invariant (the attacher's grants over HTTP, and the real mounts on this
 host), node-state polling, and the "take the volume over" retry loop of a node agent.
 
-Used by tests/test_single_writer_invariant.py and bench/failover.py.
+Used by the cross-service tests in tests/ and by bench/failover.py.
 """
 
 from __future__ import annotations
@@ -22,15 +22,7 @@ from berth_attacher.agent import Held, NodeAgent
 from berth_shared.errors import Aborted, DeadlineExceeded, FailedPrecondition, Unavailable
 from berth_shared.messages.attacher import PREFIX
 from berth_shared.node import host
-
-
-def loop_skip_reason() -> str | None:
-    """Why tests with real loop devices and mounts cannot run here (None: they can)."""
-    if os.geteuid() != 0:
-        return "needs root: the file backend stages volumes on real loop devices and mounts"
-    if not os.path.exists("/dev/loop-control"):
-        return "needs /dev/loop-control: no loop device support on this host"
-    return None
+from berth_testing.polling import eventually
 
 
 def mount_point(mount_root: Path, node_id: str, volume_id: str) -> str:
@@ -170,14 +162,15 @@ async def wait_node_state(
 ) -> str:
     """Poll until the node is in one of `states`; return it (AssertionError after `within_s`)."""
     want = set(states)
-    deadline = time.monotonic() + within_s
-    last = None
-    while time.monotonic() < deadline:
-        last = await node_state(client, admin_token, node_id)
-        if last in want:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"node {node_id} not in {sorted(want)} within {within_s}s (last: {last})")
+    state = await eventually(
+        lambda: node_state(client, admin_token, node_id),
+        lambda s: s in want,
+        within=within_s,
+        every=interval,
+        what=f"node {node_id} in {sorted(want)}",
+    )
+    assert state is not None
+    return state
 
 
 @dataclass

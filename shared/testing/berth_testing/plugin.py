@@ -1,0 +1,85 @@
+"""Pytest fixtures shared by every service's tests (the root conftest.py loads this plugin):
+a real nats-server, the service DB (PostgreSQL when BERTH_TEST_DATABASE_URL is set, else
+SQLite), tokens, settings, and a real Ceph."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from berth_shared.natsserver import NatsServer
+from berth_shared.settings import Settings
+from berth_testing.apps import Tenants, drop_schemas, write_tenants
+from berth_testing.ceph import CephCluster, CephUnavailable, ensure_packages
+
+TEST_DB_ENV = "BERTH_TEST_DATABASE_URL"
+CEPH_REQUIRED_ENV = "BERTH_REQUIRE_CEPH"
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tenants(tmp_path: Path) -> Tenants:
+    return write_tenants(tmp_path)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str | None:
+    """None means the embedded default (SQLite under the data dir)."""
+    return os.environ.get(TEST_DB_ENV) or None
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path, nats_server: NatsServer, tenants: Tenants, db_url: str | None
+) -> Iterator[Callable[..., Settings]]:
+    schemas: list[str] = []
+
+    def make(service: str, settings_cls: type[Settings] = Settings, **overrides: Any) -> Settings:
+        schema = f"{service}_{uuid.uuid4().hex[:10]}"
+        schemas.append(schema)
+        values: dict[str, Any] = {
+            "service": service,
+            "data_dir": tmp_path / "berth",
+            "nats_url": nats_server.url,
+            "database_url": db_url,
+            "db_schema": schema,
+            "token_file": tenants.path,
+            "log_json": False,
+            "outbox_poll_interval_s": 0.2,
+        }
+        values.update(overrides)
+        return settings_cls(**values)
+
+    yield make
+    if db_url and schemas:
+        drop_schemas(db_url, schemas)
+
+
+@pytest.fixture(scope="session")
+def ceph() -> Iterator[CephCluster]:
+    """One real Ceph cluster (mon, mgr, OSD, MDS on loopback) for the whole session, with
+    an RBD pool `rbd` (plus `rbd-data`) and a file system `cephfs`. Installs the Debian
+    packages when missing. Skips with the reason when Ceph cannot run here, unless
+    BERTH_REQUIRE_CEPH=1 (CI on machines that can run it), where that is a failure."""
+    try:
+        ensure_packages()
+        cluster = CephCluster()
+        cluster.start()
+    except (CephUnavailable, OSError) as exc:
+        if os.environ.get(CEPH_REQUIRED_ENV) == "1":
+            pytest.fail(f"{CEPH_REQUIRED_ENV}=1 but a real Ceph cannot run here: {exc}", pytrace=False)
+        pytest.skip(f"no real Ceph on this machine: {exc}")
+    yield cluster
+    cluster.stop()
