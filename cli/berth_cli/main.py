@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
-from berth_cli.stack import AlreadyRunning, StackConfig, run_up
-from berth_shared.auth import ensure_token_file
+from berth_cli.output import fail, note
+from berth_cli.stack import StackConfig, run_up
+from berth_cli.stackinfo import AlreadyRunning, StackNotFound, find_stack
+from berth_shared.auth import read_tokens
 from berth_shared.settings import DEFAULT_PORTS
 
 app = typer.Typer(help="Berth: storage control plane for Kubernetes on OpenStack and Ceph.", no_args_is_help=True)
@@ -43,17 +45,31 @@ def up(
 
 @app.command()
 def tokens(
-    data_dir: DataDir = Path(".berth"),
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            envvar="BERTH_DATA_DIR",
+            show_default=False,
+            help="The stack's data directory [default: the running stack's].",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Print the embedded stack's admin and demo tokens (created on first use)."""
-    found = ensure_token_file(data_dir / "tokens.json")
+    """Print the embedded stack's admin and demo tokens (of the running stack, or --data-dir)."""
+    try:
+        stack = find_stack(data_dir)
+    except StackNotFound as exc:
+        fail(str(exc), 1)
+    found = read_tokens(stack.tokens_path)
     if as_json:
         typer.echo(json.dumps(found))
         return
     for name, token in found.items():
         typer.echo(f"{name:<6} {token}")
-    typer.echo(f"\nexport BERTH_TOKEN={found.get('demo', '')}   # then: berth volumes list", err=True)
+    state = "running" if stack.running else "not running"
+    note(f"\n(stack in {stack.data_dir}, {state})")
+    note(f"export BERTH_TOKEN={found.get('demo', '')}   # then: berth volumes list")
 
 
 def _register_resources() -> None:

@@ -3,8 +3,8 @@ backend) in the foreground, all data under one directory."""
 
 from __future__ import annotations
 
-import fcntl
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,19 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
 
+from berth_cli import stackinfo
 from berth_shared.auth import ensure_token_file
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import DEFAULT_PORTS, SERVICES
 
 CSI = "csi"
-
-
-class AlreadyRunning(Exception):
-    pass
 
 
 class Interrupted(Exception):
@@ -37,26 +33,6 @@ class StackConfig:
     host: str = "127.0.0.1"
     nats_port: int = 4322
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
-
-
-def take_lock(data_dir: Path) -> IO[str]:
-    """Hold `up.lock` for the stack's lifetime; a second `berth up` finds it taken."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / "up.lock", "a+")  # noqa: SIM115 - held (locked) until the stack stops
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        handle.close()
-        raise AlreadyRunning(
-            f"berth is already running from {data_dir} (pid {pid}); stop it with Ctrl-C there"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
 
 
 class Stack:
@@ -110,7 +86,7 @@ class Stack:
         if service == CSI:  # the CSI adapter is ready when its socket answers Probe
             from berth_csi.server import probe  # grpc and the CSI stubs: only when needed
 
-            return probe(self.csi_socket)
+            return bool(probe(self.csi_socket))
         try:
             return httpx.get(f"http://{self.cfg.host}:{self.cfg.ports[service]}/readyz", timeout=1.0).status_code == 200
         except httpx.HTTPError:
@@ -144,8 +120,33 @@ class Stack:
         self.wait_ready(CSI)
         self.echo(f"{CSI:<11} unix://{self.csi_socket}  (CSI controller + node for this host)")
         self.echo(f"data        {self.data_dir}  (logs in {self.data_dir / 'logs'})")
-        self.echo("tokens      berth tokens   prints the admin and demo tokens")
+        stackinfo.publish(self.data_dir, self.info())
+        self.echo("")
+        self.echo("The berth CLI finds this stack by itself; for other tools, or another shell's CLI:")
+        for line in self.exports():
+            self.echo(f"  {line}")
+        self.echo("tokens: `berth tokens` prints the admin and demo tokens")
         self.echo("berth is up; Ctrl-C stops it.")
+
+    def urls(self) -> dict[str, str]:
+        return {service: f"http://{self.cfg.host}:{self.cfg.ports[service]}" for service in SERVICES}
+
+    def info(self) -> dict[str, object]:
+        """What `stack.json` says: how to reach every part (read by `berth_cli.stackinfo`)."""
+        return {
+            "pid": os.getpid(),
+            "data_dir": str(self.data_dir),
+            "nats_url": self.nats.url,
+            "urls": self.urls(),
+            "csi_socket": str(self.csi_socket),
+        }
+
+    def exports(self) -> list[str]:
+        """The exact shell lines that point a CLI or a script at this stack."""
+        env = {"BERTH_DATA_DIR": str(self.data_dir), "BERTH_NATS_URL": self.nats.url}
+        for service, url in self.urls().items():
+            env["BERTH_URL" if service == "provisioner" else f"BERTH_{service.upper()}_URL"] = url
+        return [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
 
     def supervise(self) -> None:
         """Block until a signal; restart a service that dies on its own."""
@@ -174,7 +175,7 @@ class Stack:
 
 
 def run_up(cfg: StackConfig, echo: Callable[[str], None] = print) -> None:
-    lock = take_lock(cfg.data_dir)
+    lock = stackinfo.take_lock(cfg.data_dir)
     stack = Stack(cfg, echo)
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -189,6 +190,7 @@ def run_up(cfg: StackConfig, echo: Callable[[str], None] = print) -> None:
         pass
     finally:
         echo("stopping berth ...")
+        stackinfo.withdraw(stack.data_dir)
         stack.down()
         lock.close()
         echo("stopped.")

@@ -210,12 +210,19 @@ def test_berth_up_serves_stops_cleanly_and_keeps_data(start_up: Callable[[], Up]
     assert "already running" in second.stderr and str(up.proc.pid) in second.stderr
     assert up.proc.poll() is None
 
+    # The banner says how to reach it; `berth tokens` from any other directory finds it.
+    prov = f"http://127.0.0.1:{up.ports['provisioner']}"
+    assert f"export BERTH_URL={prov}" in up.output
+    assert f"export BERTH_ATTACHER_URL=http://127.0.0.1:{up.ports['attacher']}" in up.output
+    assert f"export BERTH_DATA_DIR='{up.data_dir}'" in up.output
+    elsewhere = up.data_dir.parent / "elsewhere"
+    elsewhere.mkdir()
     tokens_run = subprocess.run(
-        [BERTH, "tokens", "--data-dir", str(up.data_dir), "--json"],
-        capture_output=True, text=True, timeout=60, env=clean_env(), check=True,
+        [BERTH, "tokens", "--json"],
+        capture_output=True, text=True, timeout=60, env=clean_env(), check=True, cwd=elsewhere,
     )  # fmt: skip
     tokens = json.loads(tokens_run.stdout)
-    prov = f"http://127.0.0.1:{up.ports['provisioner']}"
+    assert list(elsewhere.iterdir()) == [], "found, not made up"
     demo = {"Authorization": f"Bearer {tokens['demo']}"}
     resp = httpx.post(
         f"{prov}/v1/volumes", json={"name": "kept", "size_gib": 2, "volume_type": "standard"}, headers=demo, timeout=30
@@ -235,8 +242,8 @@ def test_berth_up_serves_stops_cleanly_and_keeps_data(start_up: Callable[[], Up]
     assert got.status_code == 200, got.text
     assert (got.json()["name"], got.json()["status"]) == ("kept", "available")
     listed = subprocess.run(
-        [BERTH, "volumes", "list", "--url", prov, "--json"],
-        capture_output=True, text=True, timeout=60, env={**clean_env(), "BERTH_DATA_DIR": str(up.data_dir)},
+        [BERTH, "volumes", "list", "--json"],
+        capture_output=True, text=True, timeout=60, env=clean_env(), cwd=elsewhere,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     assert [v["id"] for v in json.loads(listed.stdout)["items"]] == [volume["id"]]

@@ -57,7 +57,7 @@ class Cli:
     runner: CliRunner
 
     def run(self, *args: str, code: int = 0, token: str | None = None) -> Result:
-        env = {"BERTH_URL": self.url, "BERTH_DATA_DIR": str(self.data_dir), "BERTH_TOKEN": token, "COLUMNS": "200"}
+        env = {"BERTH_URL": self.url, "BERTH_DATA_DIR": str(self.data_dir), "BERTH_TOKEN": token, "COLUMNS": "80"}
         result = self.runner.invoke(app, list(args), env=env)
         assert result.exit_code == code, (
             f"berth {' '.join(args)}: exit {result.exit_code}, wanted {code}\n"
@@ -103,18 +103,21 @@ def test_volume_and_snapshot_lifecycle(cli: Cli) -> None:
 
     shown = cli.run("volumes", "get", vol["id"], token=a).stdout
     assert vol["id"] in shown and "db-0" in shown and "available" in shown
+    assert cli.json("volumes", "get", "db-0", token=a)["id"] == vol["id"], "a name works where an id does"
+    err = cli.run("volumes", "get", "db-9", code=2, token=a).stderr
+    assert "no volume named or with id 'db-9'" in err
     assert [v["id"] for v in cli.json("volumes", "list", token=a)["items"]] == [vol["id"]]
     table = cli.run("volumes", "list", token=a).stdout
     assert vol["id"] in table and "db-0" in table and "standard" in table
 
-    grown = cli.json("volumes", "expand", vol["id"], "--size", "3", token=a)
+    grown = cli.json("volumes", "expand", "db-0", "--size", "3", token=a)
     assert (grown["size_gib"], grown["status"]) == (3, "available")
 
-    snap = cli.json("snapshots", "create", "snap-0", "--volume", vol["id"], token=a)
+    snap = cli.json("snapshots", "create", "snap-0", "--volume", "db-0", token=a)
     assert (snap["volume_id"], snap["size_gib"], snap["status"]) == (vol["id"], 3, "available")
     listed = cli.json("snapshots", "list", "--volume", vol["id"], token=a)
     assert [s["id"] for s in listed["items"]] == [snap["id"]]
-    assert "snap-0" in cli.run("snapshots", "get", snap["id"], token=a).stdout
+    assert "snap-0" in cli.run("snapshots", "get", "snap-0", token=a).stdout
     assert snap["id"] in cli.run("snapshots", "list", token=a).stdout
 
     copy = cli.json(
@@ -176,7 +179,7 @@ def test_refusals_are_problems_with_exit_2(cli: Cli) -> None:
     assert "403" in err and "admin role" in err and "hint:" in err
 
     err = cli.run("volumes", "get", "../clusters", code=2, token=a).stderr
-    assert "404" in err, "ids are path segments, never paths"
+    assert "no volume named or with id '../clusters'" in err, "a reference is looked up, never a path"
 
     # Nothing changed.
     assert cli.json("volumes", "list", token=a)["items"] == []
@@ -217,7 +220,7 @@ def test_admin_clusters_types_quotas(cli: Cli, tmp_path: Path) -> None:
     table = cli.run("clusters", "list", token=admin).stdout
     assert "pool-fast" in table and cluster["id"] in table and "local" in table
 
-    drained = cli.json("clusters", "set-state", cluster["id"], "draining", token=admin)
+    drained = cli.json("clusters", "set-state", "pool-fast", "draining", token=admin)
     assert drained["state"] == "draining"
     err = cli.run("volumes", "create", "f1", "--size", "1", "--type", "fast", code=2, token=a).stderr
     assert "no_valid_cluster" in err and "- cluster=pool-fast reason=" in err, err
@@ -278,8 +281,9 @@ def test_server_failures_exit_1(tmp_path: Path) -> None:
         cli = Cli(f"http://127.0.0.1:{server.server_address[1]}", tmp_path, no_tenants, CliRunner())
         err = cli.run("volumes", "list", code=1, token="t").stderr
         assert "Service unavailable (503, unavailable)" in err and "bus down" in err and "provisioner.log" in err
-        err = cli.run("volumes", "get", "v1", code=1, token="t").stderr
-        assert "GET /v1/volumes/v1 answered 500: upstream exploded" in err
+        vid = "vol-" + "0" * 32  # an id: asked for directly, no name lookup first
+        err = cli.run("volumes", "get", vid, code=1, token="t").stderr
+        assert f"GET /v1/volumes/{vid} answered 500: upstream exploded" in err
     finally:
         server.shutdown()
         server.server_close()
