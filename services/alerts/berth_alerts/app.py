@@ -1,12 +1,19 @@
-"""Assembly: the FastAPI app whose lifespan runs the alerts (a healthy, empty service for now)."""
+"""Assembly: the FastAPI app whose lifespan runs the alert relay and the dashboard sync."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from berth_alerts.api import router
+from berth_alerts.config import AlertsSettings, load_config
+from berth_alerts.metrics import AlertMetrics
+from berth_alerts.service import AlertsService
+from berth_alerts.silences import Silences
 from berth_alerts.tables import bus_tables
+from berth_shared.bus.consumer import EventConsumer
 from berth_shared.runtime import Runtime, build_app
 from berth_shared.settings import Settings
 
@@ -14,14 +21,46 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    def register(rt: Runtime) -> None:
-        pass
+    if not isinstance(settings, AlertsSettings):
+        settings = AlertsSettings(**settings.model_dump())
+    alerts_settings = settings
+    config = load_config(alerts_settings)  # a bad file fails here, before anything starts
+    # Stable per host and data dir: a restarted replica resends what it had in flight at once.
+    owner = f"{socket.gethostname()}:{settings.data_dir.resolve()}:{settings.schema_name}"
+    app: FastAPI
 
-    return build_app(
+    def register(rt: Runtime) -> None:
+        svc = AlertsService(rt.db, alerts_settings, config, AlertMetrics(rt.metrics), owner)
+        app.state.alerts = svc
+        app.state.silences = Silences(rt.db)
+        # One durable consumer shared by every replica: each event reaches one of them.
+        app.state.consumer = EventConsumer(
+            rt.bus,
+            rt.db,
+            rt.tables,
+            stream=settings.events_stream,
+            durable=f"alerts-{settings.schema_name}",
+            filter_subject="berth.events.>",
+            handler=svc.on_event,
+        )
+
+    async def on_start(rt: Runtime) -> None:
+        await app.state.alerts.start()
+        await app.state.consumer.start()
+
+    async def on_stop(rt: Runtime) -> None:
+        await app.state.consumer.stop()
+        await app.state.alerts.stop()
+
+    app = build_app(
         settings,
         title="Berth alerts",
-        description="Relay of alerts and bus events to messengers; Grafana dashboard sync.",
+        description="Relay of alerts and bus events to messengers by severity; Grafana dashboard sync.",
         migrations=MIGRATIONS,
         tables=bus_tables,
         register=register,
+        on_start=on_start,
+        on_stop=on_stop,
     )
+    app.include_router(router)
+    return app

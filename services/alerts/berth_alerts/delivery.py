@@ -1,0 +1,178 @@
+"""Delivery workers: one per receiver, sending claimed notifications to its messenger.
+
+Each notification's messages go out in order through the receiver's token bucket; after
+each one the queue row records how many alerts got through, so a retry or a restart sends
+only the rest. A 429 holds the whole receiver for its Retry-After; other failures back off
+exponentially; a 413 splits the rest smaller. Nothing leaves the queue but by delivery,
+the receiver's max age (expired) or a persistent refusal (failed), and each is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from berth_alerts import queue
+from berth_alerts.config import ReceiverConfig
+from berth_alerts.metrics import AlertMetrics
+from berth_alerts.queue import Claimed
+from berth_alerts.ratelimit import TokenBucket
+from berth_alerts.render import Renderer
+from berth_alerts.sender import backoff, send
+from berth_shared.db import Database
+from berth_shared.faults import checkpoint
+
+log = logging.getLogger(__name__)
+# A messenger refusing the request itself (400, 401, 404) this many times: given up, kept as failed.
+MAX_REJECTIONS = 5
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ReceiverWorker:
+    def __init__(
+        self,
+        db: Database,
+        receiver: ReceiverConfig,
+        owner: str,
+        metrics: AlertMetrics,
+        client: httpx.AsyncClient,
+        *,
+        poll_s: float,
+        claim_s: float,
+    ) -> None:
+        self.db = db
+        self.receiver = receiver
+        self.owner = owner
+        self.metrics = metrics
+        self.client = client
+        self.poll_s = poll_s
+        self.claim_s = claim_s
+        self.bucket = TokenBucket(receiver.rate_per_s, receiver.burst)
+        self.renderer = Renderer(receiver)
+        self.url = receiver.resolved_url()
+        self.size_limit = receiver.size_limit
+        self.wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(receiver.max_in_flight)
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("receiver %s: delivery pass failed", self.receiver.name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll_s)
+            self.wake.clear()
+
+    async def tick(self) -> int:
+        free = self.receiver.max_in_flight - len(self._inflight)
+        if free <= 0 or self.bucket.wait_time() > self.poll_s:
+            return 0
+        res = await queue.claim(
+            self.db,
+            self.receiver.name,
+            self.owner,
+            now(),
+            limit=free,
+            claim_s=self.claim_s,
+            max_age_s=self.receiver.max_age_s,
+        )
+        if res.expired:
+            self.metrics.notifications.labels(self.receiver.name, "expired").inc(res.expired)
+            log.warning("receiver %s: %d notifications expired undelivered", self.receiver.name, res.expired)
+        if res.collapsed:
+            self.metrics.notifications.labels(self.receiver.name, "collapsed").inc(res.collapsed)
+        for c in res.claimed:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._deliver(c))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+        return len(res.claimed)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+        self.wake.set()
+
+    async def drain(self) -> None:
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _deliver(self, c: Claimed) -> None:
+        try:
+            await self._send_all(c)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the DB went away mid-way: the claim runs out, it is retried
+            log.exception("receiver %s: delivery %d interrupted", self.receiver.name, c.id)
+            self.metrics.attempts.labels(self.receiver.name, "retry").inc()
+            del exc
+
+    async def _send_all(self, c: Claimed) -> None:
+        name = self.receiver.name
+        if self.receiver.type == "none" or not self.url:
+            await queue.finish(self.db, c.id, self.owner, "failed", now(), "receiver has no URL configured")
+            self.metrics.notifications.labels(name, "failed").inc()
+            return
+        sent = c.alerts_sent
+        attempts = c.attempts
+        while True:
+            notification = {
+                "receiver": name,
+                "status": c.status,
+                "kind": c.kind,
+                "group_id": c.group_id,
+                "dedup_key": c.dedup_key,
+                "group_labels": c.payload.get("group_labels", {}),
+                "alerts": c.payload["alerts"][sent:],
+            }
+            if sent and not notification["alerts"]:
+                break
+            msg = self.renderer.messages(notification, self.size_limit)[0]
+            if msg.template_failed:
+                self.metrics.template_failures.labels(name).inc()
+            await self.bucket.acquire()
+            headers = {"Content-Type": "application/json", "Berth-Notification-Key": f"{c.dedup_key}:{sent}"}
+            headers.update({k: v.get_secret_value() for k, v in self.receiver.headers.items()})
+            outcome = await send(self.client, self.url, msg.body, headers, self.receiver.timeout_s)
+            self.metrics.attempts.labels(name, outcome.result).inc()
+            if outcome.result == "ok":
+                checkpoint("alerts.delivery.after_send")
+                sent += msg.alerts
+                if sent >= len(c.payload["alerts"]):
+                    break
+                until = now() + timedelta(seconds=self.claim_s)
+                if not await queue.record_progress(self.db, c.id, self.owner, sent, until):
+                    return  # another replica took it over (our claim ran out)
+                continue
+            attempts += 1
+            if outcome.result == "too_large" and self.size_limit > 1024:
+                self.size_limit //= 2  # the messenger's real limit is lower than configured
+                log.warning("receiver %s: 413, messages now split below %d bytes", name, self.size_limit)
+                continue
+            if outcome.result == "rejected" and attempts >= MAX_REJECTIONS:
+                await queue.finish(self.db, c.id, self.owner, "failed", now(), outcome.detail)
+                self.metrics.notifications.labels(name, "failed").inc()
+                log.error("receiver %s: notification %d refused %d times: %s", name, c.id, attempts, outcome.detail)
+                return
+            delay = backoff(attempts, self.receiver.backoff_initial_s, self.receiver.backoff_max_s)
+            if outcome.result == "throttled":
+                delay = outcome.retry_after_s if outcome.retry_after_s is not None else delay
+                self.bucket.hold(delay)
+            await queue.retry_later(
+                self.db, c.id, self.owner, attempts, now() + timedelta(seconds=delay), outcome.detail
+            )
+            return
+        if await queue.finish(self.db, c.id, self.owner, "delivered", now()):
+            self.metrics.notifications.labels(name, "delivered").inc()
+            self.metrics.latency.labels(name).observe(max(0.0, (now() - c.oldest_change_at).total_seconds()))

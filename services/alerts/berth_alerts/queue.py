@@ -1,0 +1,179 @@
+"""The persisted delivery queue: claim, collapse a backlog, record outcomes.
+
+A delivery is claimed by one replica at a time (`sending`, with a claim that runs out,
+so another replica or the restarted one takes over a dead replica's work). One group's
+notifications go out in order, one at a time; when several are waiting (a messenger
+outage, a restart), they are collapsed into one that tells each alert's latest state.
+Notifications older than the receiver's max age are expired, never sent, and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from berth_alerts import tables as t
+from berth_alerts.grouping import collapse, payload_status
+from berth_shared.db import Database, affected
+
+d_ = t.deliveries.c
+
+
+@dataclass
+class Claimed:
+    id: int
+    group_id: str
+    dedup_key: str
+    status: str
+    kind: str
+    payload: dict[str, Any]
+    alerts_sent: int
+    attempts: int
+    oldest_change_at: datetime
+    created_at: datetime
+
+
+@dataclass
+class ClaimResult:
+    claimed: list[Claimed]
+    expired: int
+    collapsed: int
+
+
+async def claim(
+    db: Database, receiver: str, owner: str, now: datetime, *, limit: int, claim_s: float, max_age_s: float
+) -> ClaimResult:
+    async with db.transaction() as s:
+        expired = affected(
+            await s.execute(
+                update(t.deliveries)
+                .where(
+                    d_.receiver == receiver,
+                    d_.state.in_(("pending", "sending")),
+                    d_.created_at < now - timedelta(seconds=max_age_s),
+                    or_(d_.state == "pending", d_.claim_until < now),
+                )
+                .values(state="expired", finished_at=now, last_error="older than the receiver's max_age")
+            )
+        )
+        open_ = or_(d_.state == "pending", and_(d_.state == "sending", d_.claim_until < now))
+        rows = (
+            await s.execute(
+                select(t.deliveries)
+                .where(d_.receiver == receiver, open_)
+                .order_by(d_.id)
+                .limit(max(limit * 8, 200))
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        busy = set(
+            (
+                await s.execute(
+                    select(d_.group_id).where(d_.receiver == receiver, d_.state == "sending", d_.claim_until >= now)
+                )
+            ).scalars()
+        )
+        by_group: dict[str, list[Any]] = {}
+        for r in rows:
+            by_group.setdefault(r.group_id, []).append(r)
+        chosen: list[Claimed] = []
+        collapsed = 0
+        for gid, group_rows in by_group.items():
+            if gid in busy or len(chosen) >= limit:
+                continue
+            first = group_rows[0]
+            if first.next_attempt_at > now:
+                continue  # the oldest is backing off; the group waits with it
+            last = group_rows[-1]
+            pl, sent = last.payload, last.alerts_sent
+            if len(group_rows) > 1:
+                # Parts of older ones already delivered are told again in the merged one.
+                pl = collapse([r.payload for r in group_rows])
+                sent = 0
+                older = [r.id for r in group_rows[:-1]]
+                collapsed += len(older)
+                await s.execute(
+                    update(t.deliveries)
+                    .where(d_.id.in_(older))
+                    .values(state="collapsed", collapsed_into=last.id, finished_at=now)
+                )
+            oldest = min(r.oldest_change_at for r in group_rows)
+            await s.execute(
+                update(t.deliveries)
+                .where(d_.id == last.id)
+                .values(
+                    state="sending",
+                    claimed_by=owner,
+                    claim_until=now + timedelta(seconds=claim_s),
+                    payload=pl,
+                    status=payload_status(pl),
+                    alerts_sent=sent,
+                    attempts=first.attempts,
+                    alert_count=len(pl["alerts"]),
+                    oldest_change_at=oldest,
+                )
+            )
+            chosen.append(
+                Claimed(
+                    last.id,
+                    gid,
+                    last.dedup_key,
+                    payload_status(pl),
+                    pl.get("kind", last.kind),
+                    pl,
+                    sent,
+                    first.attempts,
+                    oldest,
+                    first.created_at,
+                )
+            )
+        return ClaimResult(chosen, expired, collapsed)
+
+
+async def record_progress(db: Database, delivery_id: int, owner: str, alerts_sent: int, claim_until: datetime) -> bool:
+    """Part delivered: remember how far, and extend the claim. False if the claim was lost."""
+    async with db.transaction() as s:
+        res = await s.execute(
+            update(t.deliveries)
+            .where(d_.id == delivery_id, d_.claimed_by == owner, d_.state == "sending")
+            .values(alerts_sent=alerts_sent, claim_until=claim_until)
+        )
+        return affected(res) == 1
+
+
+async def finish(
+    db: Database, delivery_id: int, owner: str, state: str, now: datetime, error: str | None = None
+) -> bool:
+    async with db.transaction() as s:
+        res = await s.execute(
+            update(t.deliveries)
+            .where(d_.id == delivery_id, d_.claimed_by == owner, d_.state == "sending")
+            .values(state=state, finished_at=now, last_error=error, claim_until=None)
+        )
+        return affected(res) == 1
+
+
+async def retry_later(db: Database, delivery_id: int, owner: str, attempts: int, next_at: datetime, error: str) -> bool:
+    async with db.transaction() as s:
+        res = await s.execute(
+            update(t.deliveries)
+            .where(d_.id == delivery_id, d_.claimed_by == owner, d_.state == "sending")
+            .values(
+                state="pending", attempts=attempts, next_attempt_at=next_at, last_error=error[:2000], claim_until=None
+            )
+        )
+        return affected(res) == 1
+
+
+async def release_own(db: Database, owner: str) -> int:
+    """At start: what this replica was sending when it died is sent again, at once."""
+    async with db.transaction() as s:
+        res = await s.execute(
+            update(t.deliveries)
+            .where(d_.state == "sending", d_.claimed_by == owner)
+            .values(state="pending", claim_until=None)
+        )
+        return affected(res)

@@ -1,0 +1,179 @@
+"""The alerts service's use cases: ingest (HTTP and bus), the flusher, the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from berth_alerts import tables as t
+from berth_alerts.config import AlertsConfig, AlertsSettings
+from berth_alerts.delivery import ReceiverWorker
+from berth_alerts.events import base_type, event_alert
+from berth_alerts.flush import flush_due
+from berth_alerts.formats import PayloadError, parse_json
+from berth_alerts.metrics import AlertMetrics
+from berth_alerts.model import Alert
+from berth_alerts.queue import release_own
+from berth_alerts.render import check_templates
+from berth_alerts.store import IngestResult, Routing, expire_alerts, ingest
+from berth_shared.auth import Principal
+from berth_shared.bus.envelope import CloudEvent
+from berth_shared.db import Database
+from berth_shared.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+Parser = Callable[[Any, datetime], list[Alert]]
+MAX_KEPT_BODY = 1024 * 1024  # a rejected body is kept up to this size
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AlertsService:
+    def __init__(
+        self, db: Database, settings: AlertsSettings, config: AlertsConfig, metrics: AlertMetrics, owner: str
+    ) -> None:
+        for r in config.receivers:
+            check_templates(r)
+        self.db = db
+        self.settings = settings
+        self.routing = Routing(config)
+        self.metrics = metrics
+        self.owner = owner
+        self.flush_wake = asyncio.Event()
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=64))
+        self.workers = {
+            r.name: ReceiverWorker(
+                db, r, owner, metrics, self.client, poll_s=settings.delivery_poll_s, claim_s=settings.delivery_claim_s
+            )
+            for r in config.receivers
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- ingest -------------------------------------------------------------------------
+
+    async def ingest_body(
+        self, caller: Principal, source: str, body: bytes, content_type: str | None, parser: Parser
+    ) -> IngestResult:
+        """Parse, then store in one transaction; a malformed body is kept and refused (400)."""
+        at = now()
+        try:
+            alerts = parser(parse_json(body), at)
+        except PayloadError as exc:
+            await self._keep_rejected(caller, source, body, content_type, exc.detail, exc.errors)
+            raise InvalidArgument(exc.detail, reason="malformed_payload", errors=exc.errors) from None
+        if not caller.is_admin:  # a tenant's alerts are its own: the label cannot be forged
+            for a in alerts:
+                a.labels["tenant"] = caller.tenant
+                a.fp = ""
+                a.__post_init__()
+        async with self.db.transaction() as s:
+            result = await ingest(s, self.routing, alerts, at)
+        self._count(source, result)
+        self.flush_wake.set()
+        return result
+
+    def _count(self, source: str, r: IngestResult) -> None:
+        for outcome, n in (("new", r.new), ("changed", r.changed), ("duplicate", r.duplicate)):
+            if n:
+                self.metrics.received.labels(source, outcome).inc(n)
+
+    async def _keep_rejected(
+        self,
+        caller: Principal,
+        source: str,
+        body: bytes,
+        content_type: str | None,
+        reason: str,
+        errors: list[dict[str, str]],
+    ) -> None:
+        async with self.db.transaction() as s:
+            await s.execute(
+                t.rejected_payloads.insert().values(
+                    source=source,
+                    reason=reason[:2000],
+                    errors=errors,
+                    content_type=(content_type or "")[:255],
+                    body=body[:MAX_KEPT_BODY].decode(errors="replace").replace("\x00", "\ufffd"),
+                    body_bytes=len(body),
+                    tenant=caller.tenant,
+                    received_at=now(),
+                )
+            )
+        self.metrics.rejected.labels(source).inc()
+        log.warning("rejected a %s payload: %s", source, reason[:200])
+
+    async def on_event(self, event: CloudEvent, session: AsyncSession) -> None:
+        """Bus consumer handler: runs inside the consumer's transaction (ack after commit)."""
+        alert = event_alert(event, self.routing.config.event_severities, now())
+        await ingest(session, self.routing, [alert], now())
+        self.metrics.bus_events.labels(base_type(event.type), alert.severity).inc()
+        self.metrics.received.labels("berth", "new").inc()
+        self.flush_wake.set()
+
+    # -- background ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        released = await release_own(self.db, self.owner)
+        if released:
+            log.info("resuming %d deliveries this replica had in flight", released)
+        for r in self.routing.config.receivers:
+            if r.type != "none" and not r.resolved_url():
+                log.warning("receiver %s has no URL: its notifications will fail", r.name)
+        self._tasks.append(asyncio.create_task(self._flusher(), name="alerts-flusher"))
+        for w in self.workers.values():
+            self._tasks.append(asyncio.create_task(w.run(), name=f"alerts-receiver-{w.receiver.name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in self.workers.values():
+            await w.drain()
+        await self.client.aclose()
+
+    async def flush_once(self) -> tuple[int, int]:
+        """Resolve expired alerts, flush due groups; (groups flushed, notifications queued)."""
+        at = now()
+        async with self.db.transaction() as s:
+            await expire_alerts(s, self.routing, at)
+        async with self.db.transaction() as s:
+            groups, made = await flush_due(s, self.routing, at)
+        if made:
+            for w in self.workers.values():
+                w.wake.set()
+        return groups, len(made)
+
+    async def _flusher(self) -> None:
+        while True:
+            try:
+                groups, _ = await self.flush_once()
+                if groups:
+                    continue  # more may be due
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("flush failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush_wake.wait(), self.settings.flush_interval_s)
+            self.flush_wake.clear()
+
+    async def refresh_gauges(self) -> None:
+        async with self.db.sessions() as s:
+            depth = await s.execute(
+                select(t.deliveries.c.receiver, func.count())
+                .where(t.deliveries.c.state.in_(("pending", "sending")))
+                .group_by(t.deliveries.c.receiver)
+            )
+            seen: dict[str, int] = {r[0]: int(r[1]) for r in depth.all()}
+        for name in self.workers:
+            self.metrics.queue_depth.labels(name).set(seen.get(name, 0))

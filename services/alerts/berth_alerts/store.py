@@ -1,0 +1,216 @@
+"""Ingest into the database: alerts upserted by fingerprint, their groups marked due.
+
+Everything an ingest does is one transaction, committed before the sender is answered
+(durable before ack). Duplicates (an HA pair's second copy, a retry) change nothing.
+Lock order, to stay free of deadlocks on PostgreSQL: alerts, then groups (sorted by id),
+then group members; the flusher takes a group, then its members.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, case, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from berth_alerts import tables as t
+from berth_alerts.config import AlertsConfig, Timing
+from berth_alerts.grouping import inhibit_keys
+from berth_alerts.model import Alert, Matcher
+from berth_alerts.routing import Route, build_tree, place, routes_by_id
+
+CHUNK = 500
+Rule = tuple[tuple[Matcher, ...], tuple[Matcher, ...], list[str]]
+
+
+@dataclass
+class Routing:
+    """The configuration, compiled: the tree, its routes by id, the inhibition rules."""
+
+    config: AlertsConfig
+    tree: Route = field(init=False)
+    routes: dict[str, Route] = field(init=False)
+    rules: list[Rule] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tree = build_tree(self.config)
+        self.routes = routes_by_id(self.tree)
+        self.rules = [
+            (tuple(r.source_matchers), tuple(r.target_matchers), list(r.equal)) for r in self.config.inhibit_rules
+        ]
+
+    def timing(self, route_id: str) -> Timing:
+        route = self.routes.get(route_id, self.tree)  # a route gone from the file: the root's timings
+        return route.timing
+
+
+@dataclass
+class IngestResult:
+    new: int = 0
+    changed: int = 0
+    duplicate: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.new + self.changed + self.duplicate
+
+
+def insert_for(session: AsyncSession, table: Table) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+async def ingest(session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime) -> IngestResult:
+    result = IngestResult()
+    by_fp: dict[str, Alert] = {}
+    for a in alerts:
+        if a.fp in by_fp:
+            result.duplicate += 1
+        by_fp[a.fp] = a  # the last copy in one request wins
+    fps = sorted(by_fp)
+    known: dict[str, Any] = {}
+    for i in range(0, len(fps), CHUNK):
+        rows = await session.execute(
+            select(t.alerts.c.fingerprint, t.alerts.c.status, t.alerts.c.starts_at, t.alerts.c.ends_at).where(
+                t.alerts.c.fingerprint.in_(fps[i : i + CHUNK])
+            )
+        )
+        known.update({r.fingerprint: r for r in rows})
+    changed: list[Alert] = []
+    touched: list[Alert] = []
+    for fp in fps:
+        a = by_fp[fp]
+        old = known.get(fp)
+        if old is None:
+            result.new += 1
+            changed.append(a)
+        elif old.status != a.status or old.starts_at != a.starts_at:
+            result.changed += 1
+            changed.append(a)
+        elif old.ends_at != a.ends_at:
+            result.duplicate += 1
+            touched.append(a)
+        else:
+            result.duplicate += 1
+    if changed:
+        await _upsert_alerts(session, routing, changed, now)
+        await _join_groups(session, routing, changed, now)
+    for a in touched:  # the same alert again, with a later endsAt: it keeps firing
+        await session.execute(
+            update(t.alerts)
+            .where(t.alerts.c.fingerprint == a.fp)
+            .values(ends_at=a.ends_at, annotations=a.annotations, updated_at=now)
+        )
+    return result
+
+
+async def _upsert_alerts(session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime) -> None:
+    rows = []
+    for a in alerts:
+        keys = inhibit_keys(routing.rules, a.labels)
+        rows.append(
+            {
+                "fingerprint": a.fp,
+                "labels": a.labels,
+                "annotations": a.annotations,
+                "status": a.status,
+                "starts_at": a.starts_at,
+                "ends_at": a.ends_at,
+                "source": a.source,
+                "generator_url": a.generator_url,
+                "tenant": a.labels.get("tenant"),
+                "oneshot": a.oneshot,
+                "inhibits": keys or None,
+                "inhibit_source": bool(keys),
+                "changed_at": now,
+                "updated_at": now,
+            }
+        )
+    for i in range(0, len(rows), CHUNK):
+        ins = insert_for(session, t.alerts).values(rows[i : i + CHUNK])
+        cols = {c: ins.excluded[c] for c in rows[0] if c != "fingerprint"}
+        await session.execute(ins.on_conflict_do_update(index_elements=["fingerprint"], set_=cols))
+
+
+async def _join_groups(session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime) -> None:
+    groups: dict[str, dict[str, Any]] = {}
+    members: set[tuple[str, str]] = set()
+    for a in alerts:
+        for p in place(routing.tree, a.labels):
+            groups.setdefault(
+                p.group_id,
+                {"route_id": p.route.id, "receiver": p.route.receiver, "group_labels": p.group_labels},
+            )
+            members.add((p.group_id, a.fp))
+    await mark_due(session, routing, groups, now)
+    rows = [{"group_id": g, "fingerprint": fp, "pending": True} for g, fp in sorted(members)]
+    for i in range(0, len(rows), CHUNK):
+        ins = insert_for(session, t.group_members).values(rows[i : i + CHUNK])
+        await session.execute(
+            ins.on_conflict_do_update(index_elements=["group_id", "fingerprint"], set_={"pending": True})
+        )
+
+
+async def mark_due(session: AsyncSession, routing: Routing, groups: dict[str, dict[str, Any]], now: datetime) -> None:
+    """Create the groups that are new (due after group_wait) and make idle ones due: at
+    once, or when their group_interval since the last notification has passed."""
+    if not groups:
+        return
+    rows = []
+    for gid in sorted(groups):
+        g = groups[gid]
+        wait = routing.timing(g["route_id"]).group_wait_s
+        rows.append({"id": gid, **g, "due_at": now + timedelta(seconds=wait), "notifications": 0, "created_at": now})
+    g_ = t.alert_groups.c
+    for i in range(0, len(rows), CHUNK):
+        ins = insert_for(session, t.alert_groups).values(rows[i : i + CHUNK])
+        later = case((g_.hold_until > now, g_.hold_until), else_=now)
+        due = case(
+            (g_.due_at.is_(None), case((g_.last_notified_at.is_(None), ins.excluded.due_at), else_=later)),
+            else_=g_.due_at,
+        )
+        await session.execute(ins.on_conflict_do_update(index_elements=["id"], set_={"due_at": due}))
+
+
+async def expire_alerts(session: AsyncSession, routing: Routing, now: datetime, limit: int = 1000) -> int:
+    """Firing alerts whose endsAt passed without a new post resolve; their groups flush."""
+    a_ = t.alerts.c
+    fps = list(
+        (
+            await session.execute(
+                select(a_.fingerprint)
+                .where(a_.status == "firing", a_.ends_at.is_not(None), a_.ends_at <= now)
+                .order_by(a_.fingerprint)
+                .limit(limit)
+            )
+        ).scalars()
+    )
+    if not fps:
+        return 0
+    await session.execute(
+        update(t.alerts).where(a_.fingerprint.in_(fps)).values(status="resolved", changed_at=now, updated_at=now)
+    )
+    m_ = t.group_members.c
+    rows = (
+        await session.execute(
+            select(
+                t.alert_groups.c.id, t.alert_groups.c.route_id, t.alert_groups.c.receiver, t.alert_groups.c.group_labels
+            )
+            .join(t.group_members, m_.group_id == t.alert_groups.c.id)
+            .where(m_.fingerprint.in_(fps))
+            .distinct()
+        )
+    ).all()
+    await mark_due(
+        session,
+        routing,
+        {r.id: {"route_id": r.route_id, "receiver": r.receiver, "group_labels": r.group_labels} for r in rows},
+        now,
+    )
+    await session.execute(update(t.group_members).where(m_.fingerprint.in_(fps)).values(pending=True))
+    return len(fps)

@@ -1,0 +1,72 @@
+"""End to end in one process: ingest over HTTP, the flusher, a real fake messenger."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from alerts_fakes import Messenger, serve
+from alerts_harness import alerts_app, alerts_settings, am_alert, am_webhook, eventually, simple_config, write_config
+
+from berth_shared.settings import Settings
+from berth_shared.testing import Tenants
+
+
+async def test_alertmanager_webhook_reaches_the_messenger_once_despite_an_ha_pair(
+    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+) -> None:
+    messenger = Messenger()
+    async with serve(messenger.app()) as url:
+        cfg = write_config(tmp_path, simple_config(url))
+        async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (_, http):
+            body = am_webhook(am_alert("DiskFull", instance="a"), am_alert("DiskFull", instance="b"))
+            # Both Alertmanagers of an HA pair send the same group; and one retries.
+            for _ in range(3):
+                r = await http.post("/v1/ingest/alertmanager", json=body)
+                assert r.status_code == 200, r.text
+            assert r.json() == {"accepted": 2, "new": 0, "changed": 0, "duplicate": 2}
+            await eventually(lambda: len(messenger.alerts_seen()), lambda n: n >= 2, what="two alerts delivered")
+            await asyncio.sleep(0.8)  # longer than group_interval: a second copy would have come by now
+            assert len(messenger.received) == 1
+            msg = messenger.received[0].body
+            assert msg["status"] == "firing" and msg["version"] == "4"
+            assert sorted(a["labels"]["instance"] for a in msg["alerts"]) == ["a", "b"]
+            assert messenger.received[0].headers["berth-notification-key"].startswith(msg["notificationKey"])
+
+            # Resolved: told once, only the resolved alert.
+            r = await http.post("/v1/ingest/alertmanager", json=am_webhook(am_alert("DiskFull", "resolved", instance="a")))
+            assert r.json()["changed"] == 1
+            await eventually(lambda: len(messenger.received), lambda n: n >= 2, what="resolved notification")
+            resolved = messenger.received[1].body
+            assert resolved["status"] == "resolved"
+            assert [a["labels"]["instance"] for a in resolved["alerts"]] == ["a"]
+
+            notes = (await http.get("/v1/notifications")).json()["items"]
+            assert [n["state"] for n in notes] == ["delivered", "delivered"]
+
+
+async def test_malformed_payloads_get_a_400_that_says_what_and_are_kept(
+    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+) -> None:
+    cfg = write_config(tmp_path, simple_config("http://127.0.0.1:9"))
+    async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (_, http):
+        r = await http.post("/v1/ingest/alertmanager", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not JSON" in r.json()["detail"]
+        bad = am_webhook(am_alert("X"))
+        bad["alerts"][0]["status"] = "burning"
+        del bad["alerts"][0]["labels"]
+        r = await http.post("/v1/ingest/alertmanager", json=bad)
+        assert r.status_code == 400
+        problem = r.json()
+        assert problem["reason"] == "malformed_payload"
+        assert {e["field"] for e in problem["errors"]} == {"alerts.0.status", "alerts.0.labels"}
+        r = await http.post("/api/v2/alerts", json={"labels": {}})
+        assert r.status_code == 400 and "array" in r.json()["detail"]
+        kept = (await http.get("/v1/rejected")).json()["items"]
+        assert [k["source"] for k in kept] == ["prometheus", "alertmanager", "alertmanager"]
+        assert kept[2]["body"] == "{not json"
+        assert (await http.get("/v1/alerts")).json()["items"] == []
+        # Without a token: refused before anything is read.
+        r = await http.post("/api/v2/alerts", json=[], headers={"Authorization": ""})
+        assert r.status_code == 401
