@@ -138,8 +138,14 @@ class FakeGrafana:
             if uid not in self.dashboards:
                 return Response(json.dumps({"message": "Dashboard not found"}), status_code=404)
             d = self.dashboards[uid]
-            return Response(json.dumps({"dashboard": d["dashboard"], "meta": {"folderUid": d["folderUid"],
-                                                                                 "version": d["dashboard"]["version"]}}))
+            return Response(
+                json.dumps(
+                    {
+                        "dashboard": d["dashboard"],
+                        "meta": {"folderUid": d["folderUid"], "version": d["dashboard"]["version"]},
+                    }
+                )
+            )
 
         @app.post("/api/dashboards/db")
         async def post_dashboard(request: Request) -> Response:
@@ -151,15 +157,26 @@ class FakeGrafana:
             for other in self.dashboards.values():
                 same_title = other["dashboard"]["title"] == dash["title"] and other["folderUid"] == doc.get("folderUid")
                 if same_title and other["dashboard"]["uid"] != dash["uid"]:
-                    body = {"message": "A dashboard with the same name in the folder already exists",
-                            "status": "name-exists"}
+                    body = {
+                        "message": "A dashboard with the same name in the folder already exists",
+                        "status": "name-exists",
+                    }
                     return Response(json.dumps(body), status_code=412)
             old = self.dashboards.get(dash["uid"])
             version = (old["dashboard"]["version"] if old else 0) + 1
             stored = dict(dash, version=version, id=hash(dash["uid"]) % 10_000)
             self.dashboards[dash["uid"]] = {"dashboard": stored, "folderUid": doc.get("folderUid")}
-            return Response(json.dumps({"id": stored["id"], "uid": dash["uid"], "status": "success",
-                                        "version": version, "url": f"/d/{dash['uid']}/x"}))
+            return Response(
+                json.dumps(
+                    {
+                        "id": stored["id"],
+                        "uid": dash["uid"],
+                        "status": "success",
+                        "version": version,
+                        "url": f"/d/{dash['uid']}/x",
+                    }
+                )
+            )
 
         return app
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import yaml
@@ -16,9 +15,8 @@ from fastapi import FastAPI
 from berth_alerts.app import create_app
 from berth_alerts.config import AlertsSettings
 from berth_shared.settings import Settings
-from berth_shared.testing import running
+from berth_testing import running
 
-T = TypeVar("T")
 FAST = {"group_wait_s": 0.2, "group_interval_s": 0.5, "repeat_interval_s": 0}
 
 
@@ -29,8 +27,16 @@ def write_config(tmp: Path, doc: dict[str, Any]) -> Path:
 
 
 def webhook(name: str, url: str, **kw: Any) -> dict[str, Any]:
-    return {"name": name, "type": kw.pop("type", "webhook"), "url": url, "backoff_initial_s": 0.1,
-            "backoff_max_s": 0.5, "rate_per_s": 1000, "burst": 1000, **kw}
+    return {
+        "name": name,
+        "type": kw.pop("type", "webhook"),
+        "url": url,
+        "backoff_initial_s": 0.1,
+        "backoff_max_s": 0.5,
+        "rate_per_s": 1000,
+        "burst": 1000,
+        **kw,
+    }
 
 
 def simple_config(url: str, **route: Any) -> dict[str, Any]:
@@ -54,22 +60,6 @@ async def alerts_app(settings: AlertsSettings, token: str) -> AsyncIterator[tupl
     app = create_app(settings)
     async with running(app, token) as http:
         yield app, http
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]] | Callable[[], T], ok: Callable[[T], bool], *, within: float = 10.0,
-    what: str = "",
-) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        result = probe()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if ok(result):  # type: ignore[arg-type]
-            return result  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {within}s: {what}; last: {result!r}")
-        await asyncio.sleep(0.02)
 
 
 def am_alert(name: str, status: str = "firing", **labels: str) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alerts_fakes import Messenger, serve
-from alerts_harness import alerts_app, alerts_settings, am_alert, am_webhook, eventually, simple_config, write_config
+from alerts_harness import alerts_app, alerts_settings, am_alert, am_webhook, simple_config, write_config
 
 from berth_shared.settings import Settings
-from berth_shared.testing import Tenants
+from berth_testing import Tenants, eventually
 
 
 async def test_alertmanager_webhook_reaches_the_messenger_once_despite_an_ha_pair(
@@ -35,7 +35,9 @@ async def test_alertmanager_webhook_reaches_the_messenger_once_despite_an_ha_pai
             assert messenger.received[0].headers["berth-notification-key"].startswith(msg["notificationKey"])
 
             # Resolved: told once, only the resolved alert.
-            r = await http.post("/v1/ingest/alertmanager", json=am_webhook(am_alert("DiskFull", "resolved", instance="a")))
+            r = await http.post(
+                "/v1/ingest/alertmanager", json=am_webhook(am_alert("DiskFull", "resolved", instance="a"))
+            )
             assert r.json()["changed"] == 1
             await eventually(lambda: len(messenger.received), lambda n: n >= 2, what="resolved notification")
             resolved = messenger.received[1].body
@@ -51,7 +53,9 @@ async def test_malformed_payloads_get_a_400_that_says_what_and_are_kept(
 ) -> None:
     cfg = write_config(tmp_path, simple_config("http://127.0.0.1:9"))
     async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (_, http):
-        r = await http.post("/v1/ingest/alertmanager", content=b"{not json", headers={"content-type": "application/json"})
+        r = await http.post(
+            "/v1/ingest/alertmanager", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400 and "not JSON" in r.json()["detail"]
         bad = am_webhook(am_alert("X"))
         bad["alerts"][0]["status"] = "burning"
