@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from berth_shared.backends import FenceTarget, Unsupported, build_backend
+from berth_shared.backends import FenceTarget, QosLimits, build_backend
 from berth_shared.backends.cephfs import CephFsBackend
 from berth_shared.errors import FailedPrecondition, NotFound
 from berth_shared.node import ceph as node
@@ -66,8 +66,9 @@ async def test_volume_lifecycle(fs_backend: CephFsBackend) -> None:
 
     cap = await fs_backend.capacity()
     assert cap.total_bytes >= cap.free_bytes > 0
-    with pytest.raises(Unsupported):
-        await fs_backend.set_qos(vid, 100, None)
+    state = await fs_backend.set_qos(vid, QosLimits(iops=100))
+    assert not state.enforced and "no per-subvolume IO limits" in state.detail
+    assert items[vid].tenant == tenant and items[vid].created_at is not None
 
     await fs_backend.delete_volume(vid)
     await fs_backend.delete_volume(vid)

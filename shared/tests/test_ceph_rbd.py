@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from berth_shared.backends import FenceTarget, build_backend, ceph_bindings, validate_backend_config
+from berth_shared.backends import FenceTarget, QosLimits, build_backend, ceph_bindings, validate_backend_config
 from berth_shared.backends.ceph_common import addr_matches, normalize_addr
 from berth_shared.backends.rbd import META_VOLUME, PARTIAL, RbdBackend
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -248,15 +248,16 @@ async def test_trash_grace_period(ceph: CephCluster, make_backend: Callable[...,
 async def test_qos_visible_on_the_image(ceph: CephCluster, rbd_backend: RbdBackend) -> None:
     vid = _id()
     await rbd_backend.create_volume(vid, 8 * MiB)
-    await rbd_backend.set_qos(vid, 500, 50 * MiB)
+    state = await rbd_backend.set_qos(vid, QosLimits(iops=500, bps=50 * MiB))
+    assert state.enforced and state.limits == QosLimits(iops=500, bps=50 * MiB)
     with _image(ceph, vid) as img:
         conf = {c["name"]: c for c in img.config_list()}
     assert conf["rbd_qos_iops_limit"]["value"] == "500"
     assert conf["rbd_qos_bps_limit"]["value"] == str(50 * MiB)
     assert conf["rbd_qos_iops_limit"]["source"] == ceph_bindings.rbd().RBD_CONFIG_SOURCE_IMAGE
     assert (await rbd_backend.describe_volume(vid)).qos == {"rbd_qos_iops_limit": 500, "rbd_qos_bps_limit": 50 * MiB}
-    await rbd_backend.set_qos(vid, None, None)
-    await rbd_backend.set_qos(vid, None, None)
+    await rbd_backend.set_qos(vid, QosLimits())
+    await rbd_backend.set_qos(vid, QosLimits())
     assert (await rbd_backend.describe_volume(vid)).qos == {}
     await rbd_backend.delete_volume(vid)
 
@@ -426,7 +427,7 @@ async def test_least_privilege_user(ceph: CephCluster, tmp_path: Path) -> None:
         await backend.create_volume(vid, 8 * MiB)
         await backend.create_snapshot(snap, vid)
         await backend.clone_volume(clone, vid, 8 * MiB)
-        await backend.set_qos(vid, 100, None)
+        await backend.set_qos(vid, QosLimits(iops=100))
         assert (await backend.capacity()).free_bytes > 0
         assert {vid, clone, snap} <= {i.id for i in await backend.inventory()}
         target = FenceTarget(_id("node-"), (vid,), ("192.0.2.10:0/7",))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from berth_shared.backends import BackendError, InventoryItem, Unsupported, build_backend, validate_backend_config
+from berth_shared.backends import BackendError, InventoryItem, build_backend, validate_backend_config
 from berth_shared.backends.file import FICLONE, FileBackend, _sparse_copy
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 
@@ -253,9 +253,10 @@ async def test_leftover_partial_files_are_replaced(backend: FileBackend) -> None
     for path in (vol, snap, backend.volume_path("vol-2")):
         assert path.stat().st_mode & 0o777 == 0o600, path
 
-    # Partial files are not inventory, and delete clears them too.
+    # Partial files are inventory marked partial (the watcher finds unfinished creates),
+    # and delete clears them too.
     (backend.volumes / "vol-9.img.partial").write_bytes(garbage)
-    assert "vol-9" not in {i.id for i in await backend.inventory()}
+    assert [i.partial for i in await backend.inventory() if i.id == "vol-9"] == [True]
     await backend.delete_volume("vol-9")
     assert not (backend.volumes / "vol-9.img.partial").exists()
 
@@ -292,7 +293,9 @@ async def test_inventory_lists_volumes_and_snapshots_with_usage(backend: FileBac
 
     items = {(i.kind, i.id): i for i in await backend.inventory()}
     assert set(items) == {("volume", "vol-1"), ("volume", "vol-2"), ("snapshot", "snap-1")}
-    assert items["volume", "vol-1"] == InventoryItem("volume", "vol-1", GIB, 0)
+    assert items["volume", "vol-1"] == InventoryItem(
+        "volume", "vol-1", GIB, 0, created_at=items["volume", "vol-1"].created_at
+    )
     for key in (("volume", "vol-2"), ("snapshot", "snap-1")):
         assert items[key].size_bytes == 2 * MIB
         assert MIB <= items[key].used_bytes < 2 * MIB
@@ -307,9 +310,7 @@ async def test_capacity_is_the_file_systems(backend: FileBackend) -> None:
     assert 0 < cap.free_bytes <= cap.total_bytes
 
 
-async def test_qos_is_unsupported_and_node_context_is_the_path(backend: FileBackend) -> None:
-    with pytest.raises(Unsupported):
-        await backend.set_qos("vol-1", 100, None)
+async def test_node_context_is_the_path(backend: FileBackend) -> None:
     await backend.create_volume("vol-1", MIB)
     assert backend.node_context("vol-1") == {"path": str(backend.volume_path("vol-1").resolve())}
     with pytest.raises(ValueError):

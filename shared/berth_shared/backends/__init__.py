@@ -1,6 +1,18 @@
 """Storage backends behind one interface; `build_backend` picks the implementation per cluster."""
 
-from berth_shared.backends.base import Backend, BackendError, Capacity, FenceTarget, InventoryItem, Unsupported
+from berth_shared.backends.base import (
+    Backend,
+    BackendError,
+    Capacity,
+    FenceTarget,
+    InventoryItem,
+    IoCounters,
+    ObjectKind,
+    QosLimits,
+    QosState,
+    TrashItem,
+    Unsupported,
+)
 from berth_shared.backends.registry import build_backend, validate_backend_config
 
 __all__ = [
@@ -9,6 +21,11 @@ __all__ = [
     "Capacity",
     "FenceTarget",
     "InventoryItem",
+    "IoCounters",
+    "ObjectKind",
+    "QosLimits",
+    "QosState",
+    "TrashItem",
     "Unsupported",
     "build_backend",
     "validate_backend_config",

@@ -28,6 +28,7 @@ T = TypeVar("T")
 # A fence lasts until unfence: Ceph's default blocklist expiry (1 h) would let a dead node
 # that comes back write again. Ten years is "until removed" without relying on 0 semantics.
 DEFAULT_FENCE_EXPIRE_S = 10 * 365 * 24 * 3600
+_OBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _POOL = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
@@ -103,6 +104,13 @@ def parse_common(kind: str, config: dict[str, Any]) -> tuple[CephConfig, dict[st
         if value is not None:
             norm[key] = value
     return cfg, norm
+
+
+def check_object_id(value: str) -> str:
+    """A Berth id as a Ceph object name (image, subvolume, snapshot)."""
+    if not _OBJECT_ID.match(value):
+        raise InvalidArgument(f"invalid backend object id {value!r}", reason="invalid_id")
+    return value
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -282,6 +290,12 @@ class ConfigKeyIndex:
 
     def remove(self, key: str) -> None:
         self.conn.mon({"prefix": "config-key rm", "key": self.prefix + key}, ok=(errno.ENOENT,))
+
+    def keys(self, sub: str) -> dict[str, dict[str, Any]]:
+        """Every entry under `sub` (e.g. `quarantine/`): {rest of the key: value}."""
+        dumped = self.conn.mon({"prefix": "config-key dump", "key": self.prefix + sub}) or {}
+        start = len(self.prefix + sub)
+        return {k[start:]: dict(json.loads(v)) for k, v in dumped.items() if k.startswith(self.prefix + sub)}
 
 
 # -- the OSD blocklist ---------------------------------------------------------------------

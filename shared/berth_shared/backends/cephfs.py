@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from berth_shared.backends import ceph_bindings
-from berth_shared.backends.base import BackendError, Capacity, FenceTarget, InventoryItem, Unsupported
+from berth_shared.backends.base import BackendError, Capacity, FenceTarget, InventoryItem
 from berth_shared.backends.ceph_common import (
     Blocklist,
     CephConfig,
@@ -42,6 +42,7 @@ from berth_shared.backends.ceph_common import (
     parse_common,
     pool_name,
 )
+from berth_shared.backends.cephfs_watch import QUARANTINE, CephFsWatchOps, parse_time
 from berth_shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 
 T = TypeVar("T")
@@ -114,7 +115,7 @@ class CephFsClient:
     root: str
 
 
-class CephFsBackend:
+class CephFsBackend(CephFsWatchOps):
     kind = "cephfs"
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -373,9 +374,6 @@ class CephFsBackend:
         info = self._info(volume_id, group) or {}
         self._adopt(volume_id, size_bytes, group, info)
 
-    async def set_qos(self, volume_id: str, iops: int | None, bytes_per_s: int | None) -> None:
-        raise Unsupported("CephFS has no per-subvolume IO limits")
-
     # -- access ------------------------------------------------------------------------
 
     @staticmethod
@@ -577,20 +575,33 @@ class CephFsBackend:
 
     async def inventory(self) -> list[InventoryItem]:
         def run() -> list[InventoryItem]:
+            quarantined = set(self.index.keys(QUARANTINE))
+            clients = self._clients()
             items: list[InventoryItem] = []
             for group in self._groups_all():
+                tenant = group[len(self.cfg.group_prefix) :] if group != self.cfg.default_group else None
                 for sub in self._mgr("fs subvolume ls", group_name=group) or []:
                     name = str(sub["name"])
                     info = self._info(name, group)
-                    if info is None:
+                    if info is None or name in quarantined:
                         continue
                     if info.get("state") != "snapshot-retained":
                         quota = info.get("bytes_quota")
-                        size = int(quota) if isinstance(quota, int) else 0
-                        items.append(InventoryItem("volume", name, size, int(info.get("bytes_used", 0))))
+                        path = str(info.get("path", "/-"))
+                        items.append(
+                            InventoryItem(
+                                "volume",
+                                name,
+                                int(quota) if isinstance(quota, int) else 0,
+                                int(info.get("bytes_used", 0)),
+                                created_at=parse_time(info.get("created_at")),
+                                tenant=tenant,
+                                users=tuple(sorted(c.address for c in clients if c.root.startswith(path))),
+                            )
+                        )
                     for snap in self._mgr("fs subvolume snapshot ls", sub_name=name, group_name=group) or []:
                         if not str(snap["name"]).startswith(CLONE_SNAP):
-                            items.append(InventoryItem("snapshot", str(snap["name"]), 0, 0))
+                            items.append(InventoryItem("snapshot", str(snap["name"]), 0, 0, tenant=tenant))
             return items
 
         return await self._do(run)

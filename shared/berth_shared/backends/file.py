@@ -1,9 +1,14 @@
 """The file backend: thin volumes as sparse files on one host (the embedded default).
 
-Layout under the cluster root: `volumes/<volume id>.img`, `snapshots/<snapshot id>.img`.
-The file name is the Berth id, which is what ties a file to its provisioner record.
-New files are written under a temporary name and renamed into place, so a crash leaves
-either nothing or a complete file, and every call can simply be repeated.
+Layout under the cluster root: `volumes/<volume id>.img`, `snapshots/<snapshot id>.img`,
+and the quarantine `trash/volumes/`, `trash/snapshots/` (same file system: a quarantine
+is a rename, its data untouched). The file name is the Berth id, which is what ties a
+file to its provisioner record. New files are written under a temporary name and renamed
+into place, so a crash leaves either nothing or a complete file, and every call can
+simply be repeated.
+
+QoS: limits on the loop devices over a volume's file, through the host's cgroups
+(`blkio.py`); a volume with no loop device on this host has nothing to limit yet.
 """
 
 from __future__ import annotations
@@ -14,9 +19,21 @@ import errno
 import fcntl
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
-from berth_shared.backends.base import BackendError, Capacity, FenceTarget, InventoryItem, Unsupported
+from berth_shared.backends import blkio
+from berth_shared.backends.base import (
+    BackendError,
+    Capacity,
+    FenceTarget,
+    InventoryItem,
+    IoCounters,
+    ObjectKind,
+    QosLimits,
+    QosState,
+    TrashItem,
+)
 from berth_shared.errors import FailedPrecondition, NotFound, OutOfRange
 from berth_shared.node.host import cut_off_file
 
@@ -104,13 +121,28 @@ def _copy_data_extents(src_fd: int, dst_fd: int) -> None:
     os.ftruncate(dst_fd, size)
 
 
+def _img_files(folder: Path) -> list[tuple[os.DirEntry[str], str, bool]]:
+    """(entry, object id, partial) for each `<id>.img` and `<id>.img.partial` in `folder`."""
+    if not folder.exists():
+        return []
+    found = []
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".img"):
+            found.append((entry, entry.name[: -len(".img")], False))
+        elif entry.name.endswith(".img" + _TMP_SUFFIX):
+            found.append((entry, entry.name[: -len(".img" + _TMP_SUFFIX)], True))
+    return found
+
+
 class FileBackend:
     kind = "file"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, qos_cgroup: str | None = None) -> None:
         self.root = root
         self.volumes = root / "volumes"
         self.snapshots = root / "snapshots"
+        self.trash_dir = root / "trash"
+        self.qos_cgroup = qos_cgroup
 
     def _prepare(self) -> None:
         self.volumes.mkdir(parents=True, exist_ok=True)
@@ -121,6 +153,12 @@ class FileBackend:
 
     def snapshot_path(self, snapshot_id: str) -> Path:
         return self.snapshots / f"{_check_id(snapshot_id)}.img"
+
+    def _live_path(self, kind: ObjectKind, object_id: str) -> Path:
+        return self.volume_path(object_id) if kind == "volume" else self.snapshot_path(object_id)
+
+    def trash_path(self, kind: ObjectKind, object_id: str) -> Path:
+        return self.trash_dir / f"{kind}s" / f"{_check_id(object_id)}.img"
 
     async def _io(self, fn: object, *args: object) -> None:
         try:
@@ -233,13 +271,10 @@ class FileBackend:
 
     async def inventory(self) -> list[InventoryItem]:
         def _scan() -> list[InventoryItem]:
+            loops = blkio.loop_backing_files()
             items: list[InventoryItem] = []
             for kind, folder in (("volume", self.volumes), ("snapshot", self.snapshots)):
-                if not folder.exists():
-                    continue
-                for entry in os.scandir(folder):
-                    if not entry.name.endswith(".img"):
-                        continue
+                for entry, object_id, partial in _img_files(folder):
                     try:
                         st = entry.stat()
                     except FileNotFoundError:  # deleted while we scanned
@@ -247,19 +282,138 @@ class FileBackend:
                     items.append(
                         InventoryItem(
                             kind=kind,  # type: ignore[arg-type]
-                            id=entry.name[: -len(".img")],
+                            id=object_id,
                             size_bytes=st.st_size,
                             used_bytes=st.st_blocks * 512,
+                            # No birth time here: the last change, so a grace period only gets longer.
+                            created_at=datetime.fromtimestamp(st.st_mtime, UTC),
+                            users=tuple(loops.get(os.path.realpath(entry.path), ())),
+                            partial=partial,
                         )
                     )
             return items
 
         return await asyncio.to_thread(_scan)
 
-    # -- node side and fencing ----------------------------------------------------
+    # -- quarantine ------------------------------------------------------------
 
-    async def set_qos(self, volume_id: str, iops: int | None, bytes_per_s: int | None) -> None:
-        raise Unsupported("the file backend has no per-volume IO limits yet")
+    async def trash(self) -> list[TrashItem]:
+        def _scan() -> list[TrashItem]:
+            items: list[TrashItem] = []
+            kinds: tuple[ObjectKind, ...] = ("volume", "snapshot")
+            for kind in kinds:
+                for entry, object_id, _partial in _img_files(self.trash_dir / f"{kind}s"):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat()
+                        # The rename into the trash set the inode's change time.
+                        at = datetime.fromtimestamp(st.st_ctime, UTC)
+                        items.append(TrashItem(kind, object_id, st.st_size, at))
+            return items
+
+        return await asyncio.to_thread(_scan)
+
+    def _sources(self, kind: ObjectKind, object_id: str) -> list[Path]:
+        live = self._live_path(kind, object_id)
+        return [p for p in (live, live.with_name(live.name + _TMP_SUFFIX)) if p.exists()]
+
+    async def quarantine(self, kind: ObjectKind, object_id: str) -> None:
+        def _move() -> None:
+            target = self.trash_path(kind, object_id)
+            sources = self._sources(kind, object_id)
+            if not sources:
+                if target.exists():
+                    return  # already quarantined
+                raise NotFound(f"{kind} {object_id} has no file to quarantine")
+            for src in sources:
+                users = blkio.loop_backing_files().get(str(src.resolve()))
+                if users:
+                    raise FailedPrecondition(
+                        f"{kind} {object_id} is in use on {', '.join(users)}; not quarantined", reason="volume_in_use"
+                    )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                raise FailedPrecondition(f"{kind} {object_id} is both live and in the trash", reason="trash_conflict")
+            # The complete file wins over a leftover partial one; the partial goes too.
+            os.replace(sources[0], target)
+            for leftover in sources[1:]:
+                leftover.unlink()
+            _fsync_dir(target.parent)
+            _fsync_dir(sources[0].parent)
+
+        await self._io(_move)
+
+    async def restore(self, kind: ObjectKind, object_id: str) -> None:
+        def _move() -> None:
+            source, live = self.trash_path(kind, object_id), self._live_path(kind, object_id)
+            if not source.exists():
+                if live.exists():
+                    return  # already restored
+                raise NotFound(f"{kind} {object_id} is not in the trash")
+            if live.exists():
+                raise FailedPrecondition(
+                    f"{kind} {object_id} exists again: not restored over it", reason="trash_conflict"
+                )
+            self._prepare()
+            os.replace(source, live)
+            _fsync_dir(live.parent)
+            _fsync_dir(source.parent)
+
+        await self._io(_move)
+
+    async def purge(self, kind: ObjectKind, object_id: str) -> None:
+        await self._io(self._unlink_sync, self.trash_path(kind, object_id))
+
+    # -- QoS and IO ------------------------------------------------------------
+
+    async def set_qos(self, volume_id: str, limits: QosLimits) -> QosState:
+        return await asyncio.to_thread(self._qos_sync, volume_id, limits)
+
+    async def get_qos(self, volume_id: str) -> QosState:
+        return await asyncio.to_thread(self._qos_sync, volume_id, None)
+
+    def _qos_sync(self, volume_id: str, limits: QosLimits | None) -> QosState:
+        """Apply (`limits`) or read (None) the limits on every loop device of the volume."""
+        path = self.volume_path(volume_id)
+        if not path.exists():
+            raise NotFound(f"volume {volume_id} has no backing file")
+        devices = blkio.loop_backing_files().get(str(path.resolve()), [])
+        throttle, why = blkio.find_throttle(self.qos_cgroup)
+        if throttle is None:
+            return QosState(QosLimits(), False, f"not enforced: {why}")
+        if not devices:
+            return QosState(QosLimits(), False, "not enforced: not attached on this host (no loop device to limit)")
+        try:
+            if limits is not None:
+                for device in devices:
+                    blkio.apply(throttle, device, limits)
+            held = {blkio.read(throttle, device) for device in devices}
+        except OSError as exc:
+            return QosState(QosLimits(), False, f"not enforced: {throttle.describe()}: {exc.strerror or exc}")
+        # Two loop devices with different limits (one set by hand): report the first, not enforced.
+        first = sorted(held, key=lambda q: sorted(q.as_dict().items()))[0]
+        return QosState(first, len(held) == 1, f"{throttle.describe()} on {', '.join(devices)}")
+
+    async def io_counters(self) -> dict[str, IoCounters]:
+        def _scan() -> dict[str, IoCounters]:
+            prefix = str(self.volumes.resolve()) + os.sep
+            out: dict[str, IoCounters] = {}
+            for backing, devices in blkio.loop_backing_files().items():
+                if not (backing.startswith(prefix) and backing.endswith(".img")):
+                    continue
+                samples = [c for c in (blkio.counters(d) for d in devices) if c is not None]
+                if samples:
+                    out[backing[len(prefix) : -len(".img")]] = IoCounters(
+                        read_ops=sum(c.read_ops for c in samples),
+                        write_ops=sum(c.write_ops for c in samples),
+                        read_bytes=sum(c.read_bytes for c in samples),
+                        write_bytes=sum(c.write_bytes for c in samples),
+                        source=",".join(devices),
+                    )
+            return out
+
+        return await asyncio.to_thread(_scan)
+
+    # -- node side and fencing ----------------------------------------------------
 
     def node_context(self, volume_id: str) -> dict[str, str]:
         return {"path": str(self.volume_path(volume_id).resolve())}

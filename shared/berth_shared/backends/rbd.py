@@ -14,6 +14,11 @@ Naming and records:
 Deleting an image that still has snapshots moves it to the RBD trash (the snapshots and
 clones of them live on); it is purged when its last snapshot goes.
 
+The watcher's quarantine also uses the trash: a quarantined image carries metadata
+`berth.quarantine` (when, under which name) and a long deferment, so neither
+`purge_trash` nor an `rbd trash purge` removes it before the watcher purges it. A
+quarantined snapshot is renamed `berth-quarantine-<id>` on its image.
+
 Production cluster (config: conf or mon_host, keyring, user, pool, optional data_pool):
     ceph auth get-or-create client.berth \
         mon 'profile rbd, allow command "osd blocklist", allow command "osd dump", allow command "df"' \
@@ -48,6 +53,7 @@ from berth_shared.backends.ceph_common import (
     parse_common,
     pool_name,
 )
+from berth_shared.backends.rbd_watch import PARTIAL, QOS_KEYS, QUARANTINE_SNAP, RbdWatchOps, quarantine_mark
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from berth_shared.faults import checkpoint
 
@@ -56,10 +62,8 @@ log = logging.getLogger(__name__)
 
 META_VOLUME = "berth.volume_id"
 META_NODE = "berth.node."  # + <node id> + ".addr"
-PARTIAL = ".berth-partial"
 CLONE_SNAP = "berth-clone-"  # + <new volume id>: the hidden snapshot a volume clone hangs from
 FEATURES = ("layering", "exclusive-lock", "object-map", "fast-diff", "deep-flatten")
-QOS_KEYS = {"iops": "rbd_qos_iops_limit", "bps": "rbd_qos_bps_limit"}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$")
 
@@ -113,11 +117,12 @@ class RbdVolumeInfo:
     features: list[str] = field(default_factory=list)
 
 
-class RbdBackend:
+class RbdBackend(RbdWatchOps):
     kind = "rbd"
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.cfg, self.config = validate_rbd_config(config)
+        self.pool = self.cfg.pool
         self.conn = CephConnection(self.cfg.ceph)
         self.index = OmapIndex(self.conn, self.cfg.pool)
         self.blocklist = Blocklist(self.conn)
@@ -410,6 +415,8 @@ class RbdBackend:
                     image.metadata_get(META_VOLUME)
                 except KeyError:
                     return False  # not ours
+                if quarantine_mark(image) is not None:
+                    return False  # the watcher's quarantine: only the watcher purges it
                 for snap in list(image.list_snaps()):
                     if str(snap["name"]).startswith(CLONE_SNAP):
                         self._remove_snap_if_childless(image, str(snap["name"]))
@@ -485,27 +492,6 @@ class RbdBackend:
                     raise FailedPrecondition(f"snapshot {snap} still has clones") from exc
             image.remove_snap(snap)
 
-    # -- QoS ---------------------------------------------------------------------------
-
-    async def set_qos(self, volume_id: str, iops: int | None, bytes_per_s: int | None) -> None:
-        """librbd's own limits, stored as image config (librbd clients: rbd-nbd, rbd-fuse,
-        QEMU; the kernel client ignores them). None removes a limit."""
-        _check_id(volume_id)
-        for value in (iops, bytes_per_s):
-            if value is not None and value < 0:
-                raise InvalidArgument("QoS limits must be >= 0", reason="invalid_qos")
-
-        def run(ioctx: Any) -> None:
-            with self._open(ioctx, volume_id, read_only=False) as image:
-                for key, value in ((QOS_KEYS["iops"], iops), (QOS_KEYS["bps"], bytes_per_s)):
-                    if value is None:
-                        with suppress(KeyError):  # no such override: already unlimited
-                            image.config_remove(key)
-                    else:
-                        image.config_set(key, str(value))
-
-        await self._do(run, what=f"set qos on rbd volume {volume_id}")
-
     # -- accounting --------------------------------------------------------------------
 
     async def capacity(self) -> Capacity:
@@ -525,15 +511,21 @@ class RbdBackend:
             for entry in list(rbd.RBD().list2(ioctx)):
                 items.extend(self._inventory_image(ioctx, image_id=str(entry["id"]), name=str(entry["name"])))
             for entry in list(rbd.RBD().trash_list(ioctx)):
-                # A deleted volume's surviving snapshots are still Berth's.
-                items.extend(i for i in self._inventory_image(ioctx, image_id=str(entry["id"])) if i.kind == "snapshot")
+                # A deleted volume's surviving snapshots are still Berth's (a quarantined
+                # volume's are quarantined with it: `trash` lists the volume).
+                found = self._inventory_image(ioctx, image_id=str(entry["id"]), in_trash=True)
+                items.extend(i for i in found if i.kind == "snapshot")
             return items
 
         return await self._do(run, what="rbd inventory")
 
-    def _inventory_image(self, ioctx: Any, *, image_id: str, name: str | None = None) -> list[InventoryItem]:
+    def _inventory_image(
+        self, ioctx: Any, *, image_id: str, name: str | None = None, in_trash: bool = False
+    ) -> list[InventoryItem]:
         try:
             with self._open(ioctx, image_id=image_id) as image:
+                if in_trash and quarantine_mark(image) is not None:
+                    return []
                 try:
                     volume_id = str(image.metadata_get(META_VOLUME))
                 except KeyError:
@@ -541,10 +533,24 @@ class RbdBackend:
                         return []  # not Berth's (shared pools hold other images)
                     volume_id = name[: -len(PARTIAL)]
                 size = int(image.size())
-                items = [InventoryItem("volume", volume_id, size, self._used(image, size))]
+                created = image.create_timestamp().replace(tzinfo=dt.UTC)
+                users = tuple(sorted(str(w["addr"]) for w in image.watchers_list()))
+                items = [
+                    InventoryItem(
+                        "volume",
+                        volume_id,
+                        size,
+                        self._used(image, size),
+                        created_at=created,
+                        users=users,
+                        partial=name is not None and name.endswith(PARTIAL),
+                    )
+                ]
                 for snap in image.list_snaps():
-                    if not str(snap["name"]).startswith(CLONE_SNAP):
-                        items.append(InventoryItem("snapshot", str(snap["name"]), int(snap["size"]), 0))
+                    snap_name = str(snap["name"])
+                    if not snap_name.startswith((CLONE_SNAP, QUARANTINE_SNAP)):
+                        at = image.get_snap_timestamp(int(snap["id"])).replace(tzinfo=dt.UTC)
+                        items.append(InventoryItem("snapshot", snap_name, int(snap["size"]), 0, created_at=at))
                 return items
         except NotFound:
             return []  # deleted while we listed
@@ -572,7 +578,7 @@ class RbdBackend:
             rbd = self._rbd()
             with self._open(ioctx, volume_id) as image:
                 meta = dict(image.metadata_list())
-                qos = {k: int(v) for k, v in ((k, meta.get("conf_" + k)) for k in QOS_KEYS.values()) if v is not None}
+                qos = {k: int(v) for k, v in ((k, meta.get("conf_" + k)) for k in QOS_KEYS.values()) if v}
                 try:
                     parent: str | None = str(image.get_parent_image_spec()["image_name"])
                 except rbd.ImageNotFound:

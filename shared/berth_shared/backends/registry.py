@@ -18,7 +18,13 @@ def validate_backend_config(kind: str, config: dict[str, Any]) -> dict[str, Any]
         root = config.get("root")
         if not isinstance(root, str) or not root.startswith("/"):
             raise InvalidArgument("file backend config needs 'root', an absolute path", reason="invalid_backend_config")
-        return {"root": root}
+        cgroup = config.get("qos_cgroup")
+        if cgroup is not None and (not isinstance(cgroup, str) or not cgroup.startswith("/")):
+            raise InvalidArgument(
+                "file backend config: 'qos_cgroup' must be the absolute path of a cgroup directory",
+                reason="invalid_backend_config",
+            )
+        return {"root": root} | ({"qos_cgroup": cgroup} if cgroup else {})
     if kind == "rbd":
         # Imported here: the Ceph backends load their bindings lazily, so validating (and
         # running the file backend) never needs Ceph's Python packages.
@@ -42,4 +48,4 @@ def build_backend(kind: str, config: dict[str, Any]) -> Backend:
         from berth_shared.backends.cephfs import CephFsBackend
 
         return CephFsBackend(cfg)
-    return FileBackend(Path(cfg["root"]))
+    return FileBackend(Path(cfg["root"]), qos_cgroup=cfg.get("qos_cgroup"))
