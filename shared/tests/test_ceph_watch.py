@@ -4,7 +4,6 @@ for drift, and per-image IO counters."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +13,9 @@ import pytest
 from berth_shared.backends import QosLimits, build_backend, ceph_bindings
 from berth_shared.backends.cephfs import CephFsBackend
 from berth_shared.backends.rbd import RbdBackend
-from berth_testing.ceph import RBD_POOL, CephCluster
 from berth_shared.errors import FailedPrecondition, NotFound
+from berth_testing import eventually
+from berth_testing.ceph import RBD_POOL, CephCluster
 
 MiB = 1 << 20
 
@@ -125,14 +125,14 @@ async def test_rbd_io_counters(ceph: CephCluster, rbd_backend: RbdBackend) -> No
         for i in range(16):
             img.write(b"x" * 65536, i * 65536)
     # The OSDs report to the mgr every few seconds: wait for the counts to arrive.
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        counters = (await rbd_backend.io_counters()).get(vid)
-        if counters is not None and counters.write_ops >= 16:
-            break
-        assert asyncio.get_running_loop().time() < deadline, f"no perf counters for {vid}: {counters}"
-        await asyncio.sleep(0.5)
-    assert counters.write_bytes >= 16 * 65536
+    counters = await eventually(
+        lambda: rbd_backend.io_counters(),
+        lambda found: vid in found and found[vid].write_ops >= 16,
+        within=30,
+        every=0.5,
+        what=f"mgr perf counters of {vid}",
+    )
+    assert counters[vid].write_bytes >= 16 * 65536
     await rbd_backend.delete_volume(vid)
 
 

@@ -16,11 +16,9 @@ from berth_shared.backends import QosLimits, blkio, build_backend
 from berth_shared.backends.file import FileBackend
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from berth_shared.node import host
+from berth_testing import needs_loop
 
 MIB = 1 << 20
-ROOT_SKIP = pytest.mark.skipif(
-    not host.loop_devices_available(), reason="needs root and /dev/loop-control: real loop devices"
-)
 
 
 @pytest.fixture
@@ -134,7 +132,7 @@ def test_config_names_a_cgroup(tmp_path: Path) -> None:
     assert throttle is None and "neither io.max" in why
 
 
-@ROOT_SKIP
+@needs_loop
 async def test_in_use_volume_is_not_quarantined(backend: FileBackend, attached: str) -> None:
     items = {i.id: i for i in await backend.inventory()}
     assert items["vol-1"].users == (attached,)
@@ -144,7 +142,7 @@ async def test_in_use_volume_is_not_quarantined(backend: FileBackend, attached: 
     assert backend.volume_path("vol-1").exists()
 
 
-@ROOT_SKIP
+@needs_loop
 async def test_qos_on_a_real_loop_device(backend: FileBackend, attached: str) -> None:
     throttle, why = blkio.find_throttle(None)
     if throttle is None:
