@@ -61,6 +61,25 @@ COMMAND_NOTES: dict[str, str] = {
     "type.list": "Every volume type.",
     "quota.set": "Set a tenant's limits (volumes, gigabytes). Admin.",
     "quota.get": "A tenant's limits and usage (reservations of in-flight creates count as used).",
+    "run.start": (
+        "Queue a run of a watcher job (qos, orphans, reclaim, usage); the leader runs it. With `wait_s`, "
+        "answers once it finished or the wait is over. Admin."
+    ),
+    "run.get": "One run record: sources read, findings, actions, partial or complete. Admin.",
+    "run.list": "Run records, newest first; optionally of one job. Admin.",
+    "finding.list": "Findings of the caller's tenant (admins: every tenant and `_system`), open ones by default.",
+    "finding.get": "One finding: what it is, since when, what to do.",
+    "finding.ignore": "Mark a finding as fine (never acted on, not reported again). Admin.",
+    "finding.quarantine": "Quarantine a finding's backend object now (never deletes: restorable). Admin.",
+    "quarantine.list": "What the watcher quarantined, and when it will be purged. Admin.",
+    "quarantine.restore": "Put a quarantined object back where it was, data untouched. Admin.",
+    "quarantine.purge": "Purge a quarantined object now, before its time. Admin.",
+    "qos.policy_set": "Set a volume type's size-scaled QoS limits; the next qos run applies them. Admin.",
+    "qos.policy_list": "Every volume type's QoS policy.",
+    "qos.policy_delete": "Remove a volume type's QoS policy (its volumes become unlimited on the next run). Admin.",
+    "qos.status": "Per volume: the limits wanted and applied, whether enforced, and the measured load. Admin.",
+    "usage.get": "Provisioned and used bytes, overcommit and growth per tenant, cluster and volume type. Admin.",
+    "forecast.list": "Per cluster: fill level, growth and days until its fill threshold. Admin.",
 }
 EVENT_NOTES: dict[tuple[str, str], str] = {
     ("volume", "created"): "A volume became `available`.",
@@ -75,6 +94,19 @@ EVENT_NOTES: dict[tuple[str, str], str] = {
     ("cluster", "registered"): f"A storage cluster was registered (tenant token `{SYSTEM_TENANT}`).",
     ("cluster", "updated"): f"A storage cluster's settings changed (tenant token `{SYSTEM_TENANT}`).",
     ("quota", "updated"): "A tenant's quota limits were set.",
+    ("finding", "opened"): (
+        "The watcher confirmed a finding (an orphan, a stale attachment, a single-writer violation, a volume at "
+        "its QoS limit, a cluster near full); `data.severity` says how urgent, `data.advice` what to do. "
+        f"Tenant token `{SYSTEM_TENANT}` when the owner is unknown."
+    ),
+    ("finding", "resolved"): "A finding went away; `data.resolution` says how.",
+    ("quarantine", "created"): "The watcher quarantined a backend object (restorable until `data.purge_after`).",
+    ("quarantine", "restored"): "A quarantined object was put back.",
+    ("quarantine", "purged"): "A quarantined object was purged for good.",
+    ("qos", "drift_repaired"): "A volume's IO limits had changed behind the watcher's back and were put back.",
+    ("capacity", "forecast"): f"A cluster's fill level and forecast, every usage run (tenant token `{SYSTEM_TENANT}`).",
+    ("pv", "reclaimed"): "A Released PV's volume was deleted through the provisioner after its TTL.",
+    ("watcher_run", "finished"): f"A watcher run ended (complete, partial or failed; tenant token `{SYSTEM_TENANT}`).",
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from berth_shared.asyncapi import build_document, main, render, to_yaml
 from berth_shared.bus.envelope import event_subject, event_type
-from berth_shared.messages import provisioner
+from berth_shared.messages import provisioner, watcher
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 REGENERATE = "regenerate it: .venv/bin/python -m berth_shared.asyncapi > docs/asyncapi.yaml"
@@ -24,7 +24,7 @@ def test_committed_document_is_fresh() -> None:
 def test_every_command_is_a_request_reply_operation() -> None:
     doc = build_document()
     by_address = {ch["address"]: key for key, ch in doc["channels"].items() if ch["address"]}
-    for subject, (request, reply) in provisioner.COMMANDS.items():
+    for subject, (request, reply) in (provisioner.COMMANDS | watcher.COMMANDS).items():
         assert subject in by_address, subject
         key = by_address[subject]
         op = doc["operations"][key]
@@ -42,7 +42,7 @@ def test_every_event_is_a_cloudevent_on_its_tenant_subject() -> None:
     doc = build_document()
     channels = {ch["address"]: ch for ch in doc["channels"].values() if ch["address"]}
     schemas = doc["components"]["schemas"]
-    for (noun, verb), payload in provisioner.EVENTS.items():
+    for (noun, verb), payload in (provisioner.EVENTS | watcher.EVENTS).items():
         address = "berth.events.{tenant}." + f"{noun}.{verb}"
         assert address in channels, address
         # The documented address is the one the code publishes to, tenant filled in.
