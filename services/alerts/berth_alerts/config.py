@@ -31,6 +31,8 @@ class AlertsSettings(Settings):
     # A delivery claimed by a replica that then died is retaken after this.
     delivery_claim_s: float = Field(default=30.0, gt=0)
     dashboard_sync_interval_s: float = Field(default=300.0, gt=0)
+    # Bus events older than this when read are not told (a new consumer replays the stream).
+    event_max_age_s: float = Field(default=3600.0, gt=0)
     # Ingest request bodies larger than this are refused (413).
     max_ingest_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
 

@@ -113,7 +113,13 @@ class AlertsService:
         log.warning("rejected a %s payload: %s", source, reason[:200])
 
     async def on_event(self, event: CloudEvent, session: AsyncSession) -> None:
-        """Bus consumer handler: runs inside the consumer's transaction (ack after commit)."""
+        """Bus consumer handler: runs inside the consumer's transaction (ack after commit).
+
+        A new consumer reads the stream from its start: events older than event_max_age_s
+        are history, not news, and are not told (counted as `stale`)."""
+        if (now() - event.time).total_seconds() > self.settings.event_max_age_s:
+            self.metrics.received.labels("berth", "stale").inc()
+            return
         alert = event_alert(event, self.routing.config.event_severities, now())
         await ingest(session, self.routing, [alert], now())
         self.metrics.bus_events.labels(base_type(event.type), alert.severity).inc()

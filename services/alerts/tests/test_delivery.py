@@ -1,0 +1,87 @@
+"""Delivery against a messenger that fails, throttles, refuses large bodies and recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from alerts_fakes import Messenger, serve
+from alerts_harness import FAST, alerts_app, alerts_settings, am_alert, am_webhook, webhook, write_config
+
+from berth_shared.settings import Settings
+from berth_testing import Tenants, eventually
+
+
+async def test_failures_429_retry_after_and_413_lose_nothing(
+    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+) -> None:
+    messenger = Messenger(max_body=3000, fail_next=2, throttle_next=1, retry_after_s=1)
+    async with serve(messenger.app()) as url:
+        cfg = write_config(
+            tmp_path,
+            {
+                "route": {"receiver": "chat", "group_by": ["alertname"], **FAST},
+                # Configured limit above the messenger's real one: the 413s teach it.
+                "receivers": [webhook("chat", url + "/slack", type="slack", max_message_bytes=8000)],
+            },
+        )
+        async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (_, http):
+            alerts = [am_alert("Latency", instance=f"node-{i:02}") for i in range(30)]
+            for a in alerts:
+                a["annotations"]["summary"] = f"p99 over target on {a['labels']['instance']} " + "." * 150
+            assert (await http.post("/v1/ingest/alertmanager", json=am_webhook(*alerts))).status_code == 200
+
+            def seen() -> list[str]:
+                return re.findall(r"node-\d\d", "\n".join(messenger.texts()))
+
+            await eventually(lambda: len(seen()), lambda n: n >= 30, within=20, what="all 30 alerts told")
+            assert sorted(seen()) == sorted(f"node-{i:02}" for i in range(30))  # each exactly once
+            statuses = [s for s, _ in messenger.refused]
+            assert statuses[:3] == [429, 500, 500] and 413 in statuses
+            assert all(r.size <= 3000 for r in messenger.received)
+            # Retry-After: nothing reached the messenger within its second after the 429.
+            assert messenger.received[0].at - messenger.throttled_at[0] >= 0.95
+            [note] = (await http.get("/v1/notifications")).json()["items"]
+            assert note["state"] == "delivered" and note["attempts"] >= 3
+            metrics = (await http.get("/metrics")).text
+            assert 'berth_alerts_delivery_attempts_total{receiver="chat",result="throttled"} 1.0' in metrics
+            assert 'berth_alerts_notifications_total{outcome="delivered",receiver="chat"} 1.0' in metrics
+
+
+async def test_outage_backlog_collapses_to_the_latest_state(
+    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+) -> None:
+    messenger = Messenger(down=True)
+    async with serve(messenger.app()) as url:
+        cfg = write_config(
+            tmp_path,
+            {
+                "route": {"receiver": "hook", "group_by": ["alertname"], **FAST},
+                "receivers": [webhook("hook", url + "/hook", backoff_initial_s=0.3, backoff_max_s=0.3)],
+            },
+        )
+        async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (_, http):
+            # Three changes of one group while the messenger is down: a, then b, then a resolved.
+            for body in (
+                am_webhook(am_alert("Db", instance="a")),
+                am_webhook(am_alert("Db", instance="b")),
+                am_webhook(am_alert("Db", "resolved", instance="a")),
+            ):
+                await http.post("/v1/ingest/alertmanager", json=body)
+                await eventually(lambda: len(messenger.refused), lambda n, k=len(messenger.refused): n > k)
+                await asyncio.sleep(0.5)  # the group_interval: each change is a notification of its own
+            notes = (await http.get("/v1/notifications")).json()["items"]
+            assert len(notes) >= 2
+            messenger.down = False
+            start = time.monotonic()
+            await eventually(lambda: len(messenger.received), lambda n: n >= 1, what="backlog delivered")
+            await asyncio.sleep(0.6)
+            assert len(messenger.received) == 1, "one message for the whole backlog"
+            assert time.monotonic() - start < 5
+            told = {a["labels"]["instance"]: a["status"] for a in messenger.received[0].body["alerts"]}
+            assert told == {"a": "resolved", "b": "firing"}
+            states = [n["state"] for n in (await http.get("/v1/notifications")).json()["items"]]
+            assert states.count("delivered") == 1 and states.count("collapsed") == len(states) - 1
