@@ -74,10 +74,11 @@ def tokens(
 
 def _register_resources() -> None:
     try:
-        from berth_cli.resources import register
+        from berth_cli import natscmd, resources
     except ImportError:  # pragma: no cover - during bootstrap only
         return
-    register(app)
+    resources.register(app)
+    natscmd.register(app)
 
 
 _register_resources()

@@ -17,8 +17,9 @@ import httpx
 
 from berth_cli import stackinfo
 from berth_shared.auth import ensure_token_file
+from berth_shared.natsauth import AuthMaterial
 from berth_shared.natsserver import NatsServer
-from berth_shared.settings import DEFAULT_PORTS, SERVICES
+from berth_shared.settings import DEFAULT_PORTS, SERVICES, Settings
 
 CSI = "csi"
 
@@ -40,7 +41,9 @@ class Stack:
         self.cfg = cfg
         self.echo = echo
         self.data_dir = cfg.data_dir.resolve()
-        self.nats = NatsServer(self.data_dir / "nats", port=cfg.nats_port, host=cfg.host)
+        # NATS with Berth's accounts and the bus contract's permissions, always.
+        self.auth = AuthMaterial(self.data_dir / "nats-auth")
+        self.nats = NatsServer(self.data_dir / "nats", port=cfg.nats_port, host=cfg.host, auth_conf=self.auth.auth_conf)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stopping = False
 
@@ -50,9 +53,12 @@ class Stack:
             {
                 "BERTH_DATA_DIR": str(self.data_dir),
                 "BERTH_NATS_URL": self.nats.url,
+                "BERTH_NATS_CREDS": str(self.auth.creds(service)),
                 "BERTH_HTTP_HOST": self.cfg.host,
             }
         )
+        if service == "provisioner":  # it issues tenants' event-subscriber credentials
+            env["BERTH_NATS_TENANT_ISSUER"] = str(self.auth.issuer_file)
         if service in self.cfg.ports:
             env["BERTH_HTTP_PORT"] = str(self.cfg.ports[service])
         if service == CSI:
@@ -109,8 +115,10 @@ class Stack:
 
     def up(self) -> None:
         ensure_token_file(self.data_dir / "tokens.json")
+        self.auth.ensure(Settings().events_stream)
         self.nats.start()
         self.echo(f"nats        {self.nats.url} (JetStream store {self.nats.store_dir})")
+        self.echo(f"            accounts and permissions on; credentials: `berth nats creds` ({self.auth.dir})")
         for service in SERVICES:
             self.start_service(service)
         for service in SERVICES:
@@ -137,6 +145,7 @@ class Stack:
             "pid": os.getpid(),
             "data_dir": str(self.data_dir),
             "nats_url": self.nats.url,
+            "nats_auth": str(self.auth.dir),
             "urls": self.urls(),
             "csi_socket": str(self.csi_socket),
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -41,12 +42,19 @@ class NatsServer:
     """One nats-server with JetStream; restartable on the same port and store."""
 
     def __init__(
-        self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        auth_conf: Path | None = None,
     ) -> None:
+        """`auth_conf`: the accounts and permissions (`berth_shared.natsauth`); None: open."""
         self.host = host
         self.port = port or free_port()
         self.store_dir = store_dir
         self.log_file = log_file or store_dir / "nats-server.log"
+        self.auth_conf = auth_conf
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,9 +65,16 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if _listening(self.host, self.port):
             raise RuntimeError(f"something already listens on {self.host}:{self.port}")
+        args = [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        if self.auth_conf is not None:
+            config = self.store_dir / "nats-server.conf"
+            # nats-server resolves an include against the including file's directory, always.
+            included = os.path.relpath(self.auth_conf.resolve(), self.store_dir.resolve())
+            config.write_text(f"include {json.dumps(included)}\n")
+            args += ["-c", str(config)]
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed right after
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            args,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

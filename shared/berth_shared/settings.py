@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     service: str = "provisioner"
     data_dir: Path = Path(".berth")
     nats_url: str = "nats://127.0.0.1:4322"
+    # This process's NATS credentials (a .creds file: user JWT and seed, `berth nats init`);
+    # unset: a NATS without auth. Its permissions are the bus contract's (docs/nats-security.md).
+    nats_creds: Path | None = None
+    # The service that issues tenants' event-subscriber credentials reads this
+    # (tenant-issuer.json of `berth nats init`); unset: it cannot issue them.
+    nats_tenant_issuer: Path | None = None
     database_url: str | None = None
     db_schema: str | None = None
     http_host: str = "127.0.0.1"

@@ -53,7 +53,9 @@ class CsiServer:
 
     async def start(self) -> None:
         if self.bus is None:
-            self.bus = await Bus.connect(self.settings.nats_url, f"csi-{self.settings.node_id}")
+            self.bus = await Bus.connect(
+                self.settings.nats_url, f"csi-{self.settings.node_id}", creds=self.settings.nats_creds
+            )
         _pin_grpc_aio()
         server = grpc.aio.server()
         rpc.add_IdentityServicer_to_server(IdentityService(lambda: self.ready), server)

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -60,7 +61,15 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
 
     @classmethod
-    async def connect(cls, url: str, service: str, **kwargs: Any) -> Bus:
+    async def connect(cls, url: str, service: str, *, creds: Path | None = None, **kwargs: Any) -> Bus:
+        """Connect, reconnecting forever. `creds`: a .creds file; the inbox prefix is then
+        the user's own (`_INBOX.<user name>`), the only one its permissions let it read."""
+        if creds is not None:
+            from berth_shared.natsauth.contract import creds_inbox_prefix  # natsauth imports this module
+
+            kwargs.setdefault("user_credentials", str(creds))
+            kwargs.setdefault("inbox_prefix", creds_inbox_prefix(creds))
+
         async def on_disconnect() -> None:
             log.warning("nats disconnected")
 

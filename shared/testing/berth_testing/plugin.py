@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 
+from berth_shared.natsauth import AuthMaterial
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import Settings
 from berth_testing.apps import Tenants, drop_schemas, write_tenants
 from berth_testing.ceph import CephCluster, CephUnavailable, ensure_packages
+from berth_testing.secure_nats import SecureNats
 
 TEST_DB_ENV = "BERTH_TEST_DATABASE_URL"
+EVENTS_STREAM = Settings().events_stream
 CEPH_REQUIRED_ENV = "BERTH_REQUIRE_CEPH"
 
 
@@ -26,6 +29,18 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server = NatsServer(tmp_path_factory.mktemp("nats"))
     server.start()
     yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureNats]:
+    """A nats-server with Berth's accounts and permissions on (the rest of the suite uses the
+    open `nats_server`): credentials for every identity in `.auth`."""
+    base = tmp_path_factory.mktemp("secure-nats")
+    auth = AuthMaterial(base / "auth").ensure(EVENTS_STREAM)
+    server = NatsServer(base / "store", auth_conf=auth.auth_conf)
+    server.start()
+    yield SecureNats(server, auth)
     server.stop()
 
 
