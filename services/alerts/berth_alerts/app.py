@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from berth_alerts import dashboards_api
 from berth_alerts.api import router
 from berth_alerts.config import AlertsSettings, load_config
+from berth_alerts.dashboards import DashboardSync
 from berth_alerts.metrics import AlertMetrics
 from berth_alerts.service import AlertsService
 from berth_alerts.silences import Silences
 from berth_alerts.tables import bus_tables
 from berth_shared.bus.consumer import EventConsumer
+from berth_shared.bus.lease import Lease
 from berth_shared.runtime import Runtime, build_app
 from berth_shared.settings import Settings
 
@@ -33,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
         svc = AlertsService(rt.db, alerts_settings, config, AlertMetrics(rt.metrics), owner)
         app.state.alerts = svc
         app.state.silences = Silences(rt.db)
+        app.state.dashboards = DashboardSync(rt.db, svc.metrics, svc.client)
         # One durable consumer shared by every replica: each event reaches one of them.
         app.state.consumer = EventConsumer(
             rt.bus,
@@ -47,6 +52,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def on_start(rt: Runtime) -> None:
         await app.state.alerts.start()
         await app.state.consumer.start()
+        # The lease is longer than one pass can take, so one replica keeps syncing.
+        lease = Lease(rt.bus, f"alerts-dashboards-{settings.schema_name}", owner, ttl_s=120.0)
+        timer = dashboards_api.run_timer(app.state.dashboards, lease, alerts_settings.dashboard_sync_interval_s)
+        rt.background.append(asyncio.create_task(timer))
 
     async def on_stop(rt: Runtime) -> None:
         await app.state.consumer.stop()
@@ -63,4 +72,5 @@ def create_app(settings: Settings) -> FastAPI:
         on_stop=on_stop,
     )
     app.include_router(router)
+    app.include_router(dashboards_api.router)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from berth_shared.errors import InvalidArgument
 log = logging.getLogger(__name__)
 Parser = Callable[[Any, datetime], list[Alert]]
 MAX_KEPT_BODY = 1024 * 1024  # a rejected body is kept up to this size
+GAUGE_EVERY_S = 5.0
 
 
 def now() -> datetime:
@@ -122,9 +124,21 @@ class AlertsService:
             return
         alert = event_alert(event, self.routing.config.event_severities, now())
         await ingest(session, self.routing, [alert], now())
+        self._cluster_gauges(event)
         self.metrics.bus_events.labels(base_type(event.type), alert.severity).inc()
         self.metrics.received.labels("berth", "new").inc()
         self.flush_wake.set()
+
+    def _cluster_gauges(self, event: CloudEvent) -> None:
+        data = event.data if isinstance(event.data, dict) else {}
+        name = data.get("name")
+        if base_type(event.type).startswith("io.berth.cluster.") and isinstance(name, str):
+            for key, gauge in (
+                ("capacity_gib", self.metrics.cluster_capacity),
+                ("provisioned_gib", self.metrics.cluster_provisioned),
+            ):
+                if isinstance(data.get(key), (int, float)):
+                    gauge.labels(name).set(float(data[key]))
 
     # -- background ---------------------------------------------------------------------
 
@@ -160,8 +174,12 @@ class AlertsService:
         return groups, len(made)
 
     async def _flusher(self) -> None:
+        gauges_at = 0.0
         while True:
             try:
+                if time.monotonic() - gauges_at > GAUGE_EVERY_S:
+                    gauges_at = time.monotonic()
+                    await self.refresh_gauges()
                 groups, _ = await self.flush_once()
                 if groups:
                     continue  # more may be due
@@ -181,5 +199,13 @@ class AlertsService:
                 .group_by(t.deliveries.c.receiver)
             )
             seen: dict[str, int] = {r[0]: int(r[1]) for r in depth.all()}
+            firing = await s.execute(
+                select(t.alerts.c.labels["severity"].as_string(), func.count())
+                .where(t.alerts.c.status == "firing")
+                .group_by(t.alerts.c.labels["severity"].as_string())
+            )
+            by_severity: dict[str, int] = {str(r[0] or ""): int(r[1]) for r in firing.all()}
         for name in self.workers:
             self.metrics.queue_depth.labels(name).set(seen.get(name, 0))
+        for severity in ("critical", "warning", "info", *by_severity):
+            self.metrics.firing.labels(severity).set(by_severity.get(severity, 0))
