@@ -44,8 +44,10 @@ async def test_alertmanager_webhook_reaches_the_messenger_once_despite_an_ha_pai
             assert resolved["status"] == "resolved"
             assert [a["labels"]["instance"] for a in resolved["alerts"]] == ["a"]
 
-            notes = (await http.get("/v1/notifications")).json()["items"]
-            assert [n["state"] for n in notes] == ["delivered", "delivered"]
+            async def states() -> list[str]:
+                return [n["state"] for n in (await http.get("/v1/notifications")).json()["items"]]
+
+            await eventually(states, lambda s: s == ["delivered", "delivered"], what="both recorded as delivered")
 
 
 async def test_malformed_payloads_get_a_400_that_says_what_and_are_kept(
