@@ -74,11 +74,12 @@ def tokens(
 
 def _register_resources() -> None:
     try:
-        from berth_cli import natscmd, resources
+        from berth_cli import natscmd, resources, watchercmd
     except ImportError:  # pragma: no cover - during bootstrap only
         return
     resources.register(app)
     natscmd.register(app)
+    watchercmd.register(app)
 
 
 _register_resources()

@@ -5,13 +5,15 @@ from collections.abc import Callable
 from berth_shared.settings import Settings
 from berth_testing import running
 from berth_watcher.app import create_app
+from berth_watcher.config import WatcherSettings
 
 
 async def test_watcher_starts_healthy_and_ready(make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings("watcher"))
+    app = create_app(make_settings("watcher", WatcherSettings))
     async with running(app) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"bus": True, "db": True}
-        assert "berth_http_requests" in (await http.get("/metrics")).text
+        metrics = (await http.get("/metrics")).text
+        assert "berth_http_requests" in metrics and "berth_watcher_leader" in metrics

@@ -63,6 +63,8 @@ class AttachmentQuery(Message):
 
 class AttachmentList(Reply):
     items: list[Attachment]
+    # Set by the paged inventory (`berth.attacher.inventory.attachments`) while more follow.
+    next_token: str | None = None
 
 
 class StagedVolume(Message):

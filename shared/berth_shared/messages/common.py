@@ -34,3 +34,11 @@ class ListQuery(Message):
     starting_token: ResourceId | None = None
     # Admins may list another tenant's resources; ignored for everyone else.
     tenant: TenantName | None = None
+
+
+class InventoryPage(Message):
+    """A page of a service's whole inventory (every tenant; admin, for the watcher)."""
+
+    limit: int = Field(default=1000, ge=1, le=2000)
+    # The last id of the previous page.
+    starting_token: ResourceId | None = None

@@ -163,6 +163,21 @@ class VolumeTypeCreate(Message):
     description: str = Field(default="", max_length=500)
 
 
+class ClusterBackend(Cluster):
+    """A cluster with its backend config: what a service needs to reach its storage."""
+
+    config: dict[str, Any]
+
+
+class ClusterBackendList(Reply):
+    items: list[ClusterBackend]
+
+
+class VolumeRetype(Message):
+    id: ResourceId
+    volume_type: ResourceName
+
+
 class VolumeType(Reply):
     name: str
     description: str
