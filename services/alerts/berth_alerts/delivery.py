@@ -138,7 +138,7 @@ class ReceiverWorker:
             }
             if sent and not notification["alerts"]:
                 break
-            msg = self.renderer.messages(notification, self.size_limit)[0]
+            msg = self.renderer.next_message(notification, self.size_limit, first=sent == 0)
             if msg.template_failed:
                 self.metrics.template_failures.labels(name).inc()
             await self.bucket.acquire()

@@ -1,9 +1,10 @@
 """The flusher: groups whose timer is due become notifications in the delivery queue.
 
-One transaction per batch of groups: read the group (locked on PostgreSQL, `SKIP LOCKED`
-so replicas split the work), plan, insert the delivery (`ON CONFLICT (dedup_key) DO
-NOTHING`: a notification is queued once whoever computes it), settle the members, set
-the group's next timers. A crash anywhere rolls the whole batch back: nothing is half done.
+One transaction per batch of groups: read the groups (locked on PostgreSQL, in id order,
+as ingest locks them, so neither deadlocks the other) and their changed members, plan each, insert the deliveries
+(`ON CONFLICT (dedup_key) DO NOTHING`: a notification is queued once whoever computes
+it), settle the members, set the groups' next timers: a few statements per batch, not per
+group. A crash anywhere rolls the whole batch back: nothing is half done.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from berth_alerts import tables as t
 from berth_alerts.grouping import Member, Muter, SilenceView, dedup_key, payload, plan
@@ -38,8 +40,8 @@ async def load_muter(session: AsyncSession, routing: Routing, now: datetime) -> 
     return Muter(silences, routing.rules, inhibitors)
 
 
-async def flush_due(session: AsyncSession, routing: Routing, now: datetime, limit: int = 100) -> tuple[int, list[int]]:
-    """Flush up to `limit` due groups; return how many, and the new deliveries' ids."""
+async def flush_due(session: AsyncSession, routing: Routing, now: datetime, limit: int = 200) -> tuple[int, int]:
+    """Flush up to `limit` due groups; return how many, and how many notifications were queued."""
     g_ = t.alert_groups.c
     due = (
         await session.execute(
@@ -47,104 +49,115 @@ async def flush_due(session: AsyncSession, routing: Routing, now: datetime, limi
             .where(or_(g_.due_at <= now, g_.repeat_at <= now))
             .order_by(g_.id)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            # Waits for an ingest holding a group (a moment) rather than skipping it: skipped,
+            # a busy group would be put off flush after flush under a steady stream.
+            .with_for_update()
         )
     ).all()
     if not due:
-        return 0, []
+        return 0, 0
     muter = await load_muter(session, routing, now)
-    made: list[int] = []
+    repeating = {g.id for g in due if g.repeat_at is not None and g.repeat_at <= now}
+    members = await _members(session, [g.id for g in due], repeating)
+    deliveries: list[dict[str, Any]] = []
+    settle: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
     for g in due:
-        delivery = await _flush_group(session, routing, g, muter, now)
-        if delivery is not None:
-            made.append(delivery)
-    return len(due), made
+        delivery, group = _flush_group(routing, g, members.get(g.id, []), muter, now, settle)
+        if delivery:
+            deliveries.append(delivery)
+        updates.append(group)
+    if deliveries:
+        ins = insert_for(session, t.deliveries)
+        await session.execute(ins.on_conflict_do_nothing(index_elements=["dedup_key"]), deliveries)
+    if settle:
+        await session.execute(_SETTLE, settle)
+    await session.execute(_GROUP, updates)
+    return len(due), len(deliveries)
 
 
-async def _members(session: AsyncSession, group_id: str, with_firing: bool) -> list[Member]:
+_COLUMNS = (
+    "fingerprint",
+    "labels",
+    "annotations",
+    "status",
+    "starts_at",
+    "ends_at",
+    "generator_url",
+    "oneshot",
+    "changed_at",
+)
+
+
+async def _members(session: AsyncSession, group_ids: list[str], repeating: set[str]) -> dict[str, list[Member]]:
     m_, a_ = t.group_members.c, t.alerts.c
-    cond = or_(m_.pending.is_(True), a_.status == "firing") if with_firing else m_.pending.is_(True)
+    cond: ColumnElement[bool] = m_.pending.is_(True)
+    if repeating:
+        cond = or_(cond, and_(m_.group_id.in_(sorted(repeating)), a_.status == "firing"))
     rows = await session.execute(
-        select(
-            a_.fingerprint,
-            a_.labels,
-            a_.annotations,
-            a_.status,
-            a_.starts_at,
-            a_.ends_at,
-            a_.generator_url,
-            a_.oneshot,
-            a_.changed_at,
-            m_.pending,
-            m_.notified,
-        )
+        select(m_.group_id, *(a_[c] for c in _COLUMNS), m_.pending, m_.notified)
         .join(t.alerts, a_.fingerprint == m_.fingerprint)
-        .where(m_.group_id == group_id, cond)
+        .where(m_.group_id.in_(group_ids), cond)
     )
-    return [
-        Member(
-            r.fingerprint,
-            r.labels,
-            r.annotations,
-            r.status,
-            r.starts_at,
-            r.ends_at,
-            r.generator_url,
-            bool(r.oneshot),
-            r.changed_at,
-            bool(r.pending),
-            r.notified,
+    out: dict[str, list[Member]] = {}
+    for r in rows:
+        out.setdefault(r.group_id, []).append(
+            Member(
+                r.fingerprint,
+                r.labels,
+                r.annotations,
+                r.status,
+                r.starts_at,
+                r.ends_at,
+                r.generator_url,
+                bool(r.oneshot),
+                r.changed_at,
+                bool(r.pending),
+                r.notified,
+            )
         )
-        for r in rows
-    ]
+    return out
 
 
-async def _flush_group(session: AsyncSession, routing: Routing, g: Any, muter: Muter, now: datetime) -> int | None:
+def _flush_group(
+    routing: Routing, g: Any, members: list[Member], muter: Muter, now: datetime, settle: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Plan one group: its delivery row (or None), and its new timers; settled members go to `settle`."""
     timing = routing.timing(g.route_id)
     repeat = g.repeat_at is not None and g.repeat_at <= now
-    receiver = routing.config.receiver(g.receiver) if g.receiver in _names(routing) else None
-    send_resolved = receiver.send_resolved if receiver else True
-    members = await _members(session, g.id, with_firing=repeat)
-    p = plan(members, muted=muter, send_resolved=send_resolved, repeat=repeat)
-
-    delivery_id: int | None = None
-    values: dict[str, Any] = {"due_at": now + timedelta(seconds=timing.group_interval_s) if p.still_pending else None}
-    if repeat and p.kind != "repeat" and not p.include:
-        values["repeat_at"] = None  # nothing firing is left to repeat
-    if p.kind:
-        key = dedup_key(g.id, g.receiver, p, g.notifications)
-        pl = payload(p, g.group_labels, g.route_id)
-        ins = insert_for(session, t.deliveries).values(
-            dedup_key=key,
-            group_id=g.id,
-            receiver=g.receiver,
-            state="pending",
-            status=p.status,
-            kind=p.kind,
-            payload=pl,
-            alert_count=len(p.include),
-            alerts_sent=0,
-            attempts=0,
-            next_attempt_at=now,
-            oldest_change_at=min(m.changed_at for m in p.include),
-            created_at=now,
-        )
-        res = await session.execute(
-            ins.on_conflict_do_nothing(index_elements=["dedup_key"]).returning(t.deliveries.c.id)
-        )
-        delivery_id = res.scalar_one_or_none()
-        values.update(
-            last_notified_at=now,
-            hold_until=now + timedelta(seconds=timing.group_interval_s),
-            notifications=g.notifications + 1,
-        )
-        fires = any(m.status == "firing" and not m.oneshot for m in p.include)
-        if timing.repeat_interval_s > 0 and (p.kind == "repeat" or fires):
-            values["repeat_at"] = now + timedelta(seconds=timing.repeat_interval_s)
-    if p.settle:
-        await session.execute(_SETTLE, [{"g": g.id, "fp": fp, "tag": tag} for fp, tag in sorted(p.settle.items())])
-    await session.execute(update(t.alert_groups).where(t.alert_groups.c.id == g.id).values(**values))
-    return delivery_id
+    receiver = routing.receivers.get(g.receiver)
+    p = plan(members, muted=muter, send_resolved=receiver.send_resolved if receiver else True, repeat=repeat)
+    group = {
+        "g_id": g.id,
+        "g_due": now + timedelta(seconds=timing.group_interval_s) if p.still_pending else None,
+        "g_repeat": None if repeat and not p.include else g.repeat_at,
+        "g_last": g.last_notified_at,
+        "g_hold": g.hold_until,
+        "g_n": g.notifications,
+    }
+    settle.extend({"g": g.id, "fp": fp, "tag": tag} for fp, tag in sorted(p.settle.items()))
+    if not p.kind:
+        return None, group
+    delivery = {
+        "dedup_key": dedup_key(g.id, g.receiver, p, g.notifications),
+        "group_id": g.id,
+        "receiver": g.receiver,
+        "state": "pending",
+        "status": p.status,
+        "kind": p.kind,
+        "payload": payload(p, g.group_labels, g.route_id),
+        "alert_count": len(p.include),
+        "alerts_sent": 0,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "oldest_change_at": min(m.changed_at for m in p.include),
+        "created_at": now,
+    }
+    group.update(g_last=now, g_hold=now + timedelta(seconds=timing.group_interval_s), g_n=g.notifications + 1)
+    fires = any(m.status == "firing" and not m.oneshot for m in p.include)
+    if timing.repeat_interval_s > 0 and (p.kind == "repeat" or fires):
+        group["g_repeat"] = now + timedelta(seconds=timing.repeat_interval_s)
+    return delivery, group
 
 
 _m = t.group_members.c
@@ -153,7 +166,15 @@ _SETTLE = (
     .where(_m.group_id == bindparam("g"), _m.fingerprint == bindparam("fp"))
     .values(pending=False, notified=bindparam("tag"))
 )
-
-
-def _names(routing: Routing) -> set[str]:
-    return {r.name for r in routing.config.receivers}
+_g = t.alert_groups.c
+_GROUP = (
+    update(t.alert_groups)
+    .where(_g.id == bindparam("g_id"))
+    .values(
+        due_at=bindparam("g_due"),
+        repeat_at=bindparam("g_repeat"),
+        last_notified_at=bindparam("g_last"),
+        hold_until=bindparam("g_hold"),
+        notifications=bindparam("g_n"),
+    )
+)

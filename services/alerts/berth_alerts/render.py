@@ -5,7 +5,7 @@ Berth's fields; Slack-compatible incoming webhooks: `text`; Microsoft Teams Work
 Adaptive Card). Text comes from Jinja2 templates (sandboxed): `title` over the
 notification, `alert` once per alert. A template that fails gives the plain text instead,
 marked as such: the notification is never dropped. Alerts are packed into messages below
-the receiver's byte limit (and its alerts-per-message cap); a message tells which part it is.
+the receiver's byte limit (and its alerts-per-message cap); later parts say "(continued)".
 """
 
 from __future__ import annotations
@@ -91,47 +91,66 @@ class Renderer:
         self.title = _ENV.from_string(receiver.template.title or DEFAULT_TITLE)
         self.alert = _ENV.from_string(receiver.template.alert or DEFAULT_ALERT)
 
-    def _texts(self, ctx: dict[str, Any]) -> tuple[str, list[str], bool]:
+    def _title(self, ctx: dict[str, Any]) -> tuple[str, bool]:
         try:
-            title = self.title.render(**ctx).strip()
-            lines = [self.alert.render(alert=a, **ctx).strip() for a in ctx["alerts"]]
-            return title, [ln[:MAX_LINE] for ln in lines], False
+            return self.title.render(**ctx).strip(), False
         except Exception:  # any template error: the plain text, never a dropped notification
-            title = plain_title(ctx) + " (template failed; plain text)"
-            return title, [plain_alert(a)[:MAX_LINE] for a in ctx["alerts"]], True
+            return plain_title(ctx) + " (template failed; plain text)", True
 
-    def messages(self, notification: dict[str, Any], limit: int | None = None) -> list[Message]:
-        """The notification's alerts as messages below the size limit, in order."""
+    def _line(self, ctx: dict[str, Any], alert: dict[str, Any], plain: bool) -> tuple[str, bool]:
+        if not plain:
+            try:
+                return self.alert.render(alert=alert, **ctx).strip()[:MAX_LINE], False
+            except Exception:
+                pass
+        return plain_alert(alert)[:MAX_LINE], True
+
+    def next_message(
+        self, notification: dict[str, Any], limit: int | None = None, *, first: bool = True, plain: bool = False
+    ) -> Message:
+        """The next message: as many of the notification's alerts, in order, as fit below
+        the size limit (at least one, its text cut if it alone is too big). Renders only
+        what goes into this message, so a large notification costs linear time."""
         limit = limit or self.receiver.size_limit
         ctx = _context(notification)
-        title, lines, failed = self._texts(ctx)
+        title, failed = (plain_title(ctx) + " (template failed; plain text)", True) if plain else self._title(ctx)
+        if not first:
+            title += " (continued)"
         alerts = ctx["alerts"]
-        empty = len(self._body(notification, ctx, title, lines, alerts, 0, 0, part=2))
-        for k, line in enumerate(lines):  # one alert alone must fit: cut its text if not
-            over = len(self._body(notification, ctx, title, lines, alerts, k, k + 1, part=2)) - limit
-            if over > 0:
-                lines[k] = line[: max(100, len(line) - over - 64)]
-        # What each alert adds to a message (its JSON and its line), to pack without re-encoding.
-        cost = [
-            len(self._body(notification, ctx, title, lines, alerts, k, k + 1, part=2)) - empty + 2
-            for k in range(len(alerts))
-        ]
+        lines: list[str] = []
+        size = len(self._body(notification, ctx, title, lines, alerts, 0, 0))
+        for alert in alerts[: self.receiver.max_alerts_per_message]:
+            line, plain = self._line(ctx, alert, failed)
+            if plain and not failed:  # a template failed: this whole message in plain text
+                return self.next_message(notification, limit, first=first, plain=True)
+            cost = len(json.dumps(line, ensure_ascii=False)) + 3
+            if self.receiver.type == "webhook":
+                cost += len(json.dumps(alert, separators=(",", ":"), ensure_ascii=False)) + 1
+            elif self.receiver.type == "teams":
+                cost += 70  # the TextBlock around the line
+            if lines and size + cost > limit:
+                break
+            lines.append(line)
+            size += cost
+        end = len(lines)
+        body = self._body(notification, ctx, title, lines, alerts, 0, end)
+        while len(body) > limit and end > 1:  # the estimate was short: one fewer
+            end -= 1
+            body = self._body(notification, ctx, title, lines, alerts, 0, end)
+        if len(body) > limit:  # one alert alone is too big: cut its text
+            lines[0] = lines[0][: max(100, len(lines[0]) - (len(body) - limit) - 64)]
+            body = self._body(notification, ctx, title, lines, alerts, 0, 1)
+        return Message(body, end, failed)
+
+    def messages(self, notification: dict[str, Any], limit: int | None = None) -> list[Message]:
+        """Every message of the notification, in order (what the delivery sends one by one)."""
         out: list[Message] = []
-        start = 0
+        rest = dict(notification)
         while True:
-            end, size = start, empty
-            while end < len(alerts) and end - start < self.receiver.max_alerts_per_message:
-                if end > start and size + cost[end] > limit:
-                    break
-                size += cost[end]
-                end += 1
-            body = self._body(notification, ctx, title, lines, alerts, start, end, part=len(out) + 1)
-            while len(body) > limit and end > start + 1:  # the estimate was short: one fewer
-                end -= 1
-                body = self._body(notification, ctx, title, lines, alerts, start, end, part=len(out) + 1)
-            out.append(Message(body, end - start, failed))
-            start = end
-            if start >= len(alerts):
+            msg = self.next_message(rest, limit, first=not out)
+            out.append(msg)
+            rest["alerts"] = rest["alerts"][msg.alerts :]
+            if not rest["alerts"]:
                 return out
 
     def _body(
@@ -143,9 +162,8 @@ class Renderer:
         alerts: list[dict[str, Any]],
         start: int,
         end: int,
-        part: int,
     ) -> bytes:
-        head = title if part == 1 else f"{title} (part {part})"
+        head = title
         chunk = lines[start:end]
         kind = self.receiver.type
         if kind == "slack":
@@ -160,7 +178,6 @@ class Renderer:
                 "groupKey": n["group_id"],
                 "notificationKey": n["dedup_key"],
                 "kind": ctx["kind"],
-                "part": part,
                 "groupLabels": ctx["group_labels"],
                 "commonLabels": ctx["common_labels"],
                 "truncatedAlerts": 0,

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 Parser = Callable[[Any, datetime], list[Alert]]
 MAX_KEPT_BODY = 1024 * 1024  # a rejected body is kept up to this size
 GAUGE_EVERY_S = 5.0
+INGEST_SLOTS = 4
 
 
 def now() -> datetime:
@@ -60,6 +61,7 @@ class AlertsService:
             for r in config.receivers
         }
         self._tasks: list[asyncio.Task[None]] = []
+        self._ingest_slots = asyncio.Semaphore(INGEST_SLOTS if not db.is_sqlite else 1)
 
     # -- ingest -------------------------------------------------------------------------
 
@@ -78,7 +80,9 @@ class AlertsService:
                 a.labels["tenant"] = caller.tenant
                 a.fp = ""
                 a.__post_init__()
-        async with self.db.transaction() as s:
+        # A bounded number of ingests at a time: a burst of posts then waits here, not in
+        # the database's queue, where it would hold up the flusher and the deliveries.
+        async with self._ingest_slots, self.db.transaction() as s:
             result = await ingest(s, self.routing, alerts, at)
         self._count(source, result)
         self.flush_wake.set()
@@ -166,12 +170,11 @@ class AlertsService:
         at = now()
         async with self.db.transaction() as s:
             await expire_alerts(s, self.routing, at)
-        async with self.db.transaction() as s:
             groups, made = await flush_due(s, self.routing, at)
         if made:
             for w in self.workers.values():
                 w.wake.set()
-        return groups, len(made)
+        return groups, made
 
     async def _flusher(self) -> None:
         gauges_at = 0.0

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_alerts import tables as t
-from berth_alerts.config import AlertsConfig, Timing
+from berth_alerts.config import AlertsConfig, ReceiverConfig, Timing
 from berth_alerts.grouping import inhibit_keys
 from berth_alerts.model import Alert, Matcher
 from berth_alerts.routing import Route, build_tree, place, routes_by_id
@@ -33,11 +33,13 @@ class Routing:
     config: AlertsConfig
     tree: Route = field(init=False)
     routes: dict[str, Route] = field(init=False)
+    receivers: dict[str, ReceiverConfig] = field(init=False)
     rules: list[Rule] = field(init=False)
 
     def __post_init__(self) -> None:
         self.tree = build_tree(self.config)
         self.routes = routes_by_id(self.tree)
+        self.receivers = {r.name: r for r in self.config.receivers}
         self.rules = [
             (tuple(r.source_matchers), tuple(r.target_matchers), list(r.equal)) for r in self.config.inhibit_rules
         ]
@@ -131,10 +133,7 @@ async def _upsert_alerts(session: AsyncSession, routing: Routing, alerts: list[A
                 "updated_at": now,
             }
         )
-    for i in range(0, len(rows), CHUNK):
-        ins = insert_for(session, t.alerts).values(rows[i : i + CHUNK])
-        cols = {c: ins.excluded[c] for c in rows[0] if c != "fingerprint"}
-        await session.execute(ins.on_conflict_do_update(index_elements=["fingerprint"], set_=cols))
+    await session.execute(_statement(session, "alerts"), rows)
 
 
 async def _join_groups(session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime) -> None:
@@ -149,11 +148,7 @@ async def _join_groups(session: AsyncSession, routing: Routing, alerts: list[Ale
             members.add((p.group_id, a.fp))
     await mark_due(session, routing, groups, now)
     rows = [{"group_id": g, "fingerprint": fp, "pending": True} for g, fp in sorted(members)]
-    for i in range(0, len(rows), CHUNK):
-        ins = insert_for(session, t.group_members).values(rows[i : i + CHUNK])
-        await session.execute(
-            ins.on_conflict_do_update(index_elements=["group_id", "fingerprint"], set_={"pending": True})
-        )
+    await session.execute(_statement(session, "members"), rows)
 
 
 async def mark_due(session: AsyncSession, routing: Routing, groups: dict[str, dict[str, Any]], now: datetime) -> None:
@@ -166,15 +161,38 @@ async def mark_due(session: AsyncSession, routing: Routing, groups: dict[str, di
         g = groups[gid]
         wait = routing.timing(g["route_id"]).group_wait_s
         rows.append({"id": gid, **g, "due_at": now + timedelta(seconds=wait), "notifications": 0, "created_at": now})
-    g_ = t.alert_groups.c
-    for i in range(0, len(rows), CHUNK):
-        ins = insert_for(session, t.alert_groups).values(rows[i : i + CHUNK])
-        later = case((g_.hold_until > now, g_.hold_until), else_=now)
+    await session.execute(_statement(session, "groups"), rows)
+
+
+_STATEMENTS: dict[tuple[str, str], Any] = {}
+
+
+def _statement(session: AsyncSession, name: str) -> Any:
+    """The ingest's upserts, built once per dialect: each runs as one executemany, so it is
+    compiled once and cached whatever the batch size."""
+    dialect = session.get_bind().dialect.name
+    found = _STATEMENTS.get((dialect, name))
+    if found is not None:
+        return found
+    if name == "alerts":
+        ins = insert_for(session, t.alerts)
+        cols = {c.name: ins.excluded[c.name] for c in t.alerts.c if c.name != "fingerprint"}
+        stmt = ins.on_conflict_do_update(index_elements=["fingerprint"], set_=cols)
+    elif name == "members":
+        ins = insert_for(session, t.group_members)
+        stmt = ins.on_conflict_do_update(index_elements=["group_id", "fingerprint"], set_={"pending": True})
+    else:
+        g_ = t.alert_groups.c
+        ins = insert_for(session, t.alert_groups)
+        at = ins.excluded.created_at  # "now", carried in the row
+        later = case((g_.hold_until > at, g_.hold_until), else_=at)
         due = case(
             (g_.due_at.is_(None), case((g_.last_notified_at.is_(None), ins.excluded.due_at), else_=later)),
             else_=g_.due_at,
         )
-        await session.execute(ins.on_conflict_do_update(index_elements=["id"], set_={"due_at": due}))
+        stmt = ins.on_conflict_do_update(index_elements=["id"], set_={"due_at": due})
+    _STATEMENTS[(dialect, name)] = stmt
+    return stmt
 
 
 async def expire_alerts(session: AsyncSession, routing: Routing, now: datetime, limit: int = 1000) -> int:
