@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -193,6 +194,52 @@ async def test_fence_evicts_a_ceph_fuse_node(ceph: CephCluster, fs_backend: Ceph
     assert mount_a.client_address not in await fs_backend.blocklist_entries()
     for n in (node_a, node_b):
         await fs_backend.deauthorize(vid, fs_backend.node_client_id(n))
+    await fs_backend.delete_volume(vid)
+
+
+@pytest.mark.root
+async def test_ceph_fuse_leaves_no_admin_socket_behind(
+    ceph: CephCluster, fs_backend: CephFsBackend, tmp_path: Path
+) -> None:
+    """Under a kubelet-long staging path ceph-fuse's admin socket moves to a short name in
+    the temporary directory (a socket path over 107 bytes cannot bind), or to the node's
+    short work dir when it has one; every unmount,
+    clean or fenced (the daemon killed), removes it. The log goes too after a clean
+    unmount (with a work dir it is there, not beside the mount point)."""
+    if os.geteuid() != 0 or "fuse" not in node.cephfs_methods():
+        pytest.skip("needs root, ceph-fuse and /dev/fuse")
+    vid, node_id = _id(), _id("na")
+    await fs_backend.create_volume(vid, 64 * MiB)
+    path = await fs_backend.volume_path(vid)
+    client_id = fs_backend.node_client_id(node_id)
+    keyring = tmp_path / f"{client_id}.keyring"
+    keyring.write_text(f"[client.{client_id}]\n\tkey = {await fs_backend.authorize(vid, client_id)}\n")
+    spec = node.CephClientSpec(str(ceph.conf), str(keyring), client_id)
+    kubelet = tmp_path / ("plugins-" + "k" * 40) / ("pv-" + "x" * 40)
+    for fenced, workdir in ((False, None), (False, tmp_path / "work"), (True, None)):
+        target = kubelet / f"globalmount-{fenced}-{workdir is not None}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        m = node.mount_cephfs(spec, path, target, workdir=workdir, method="fuse")
+        ceph.on_stop(lambda m=m: node.unmount_cephfs(m, fenced=True))  # type: ignore[misc]
+        assert m.asok and m.log and os.path.exists(m.asok), m
+        assert m.client_address, "the socket bound: the client's address is known"
+        if workdir is None:
+            assert m.asok.startswith(os.path.join(tempfile.gettempdir(), "berth-cephfs-")), m.asok
+        else:
+            assert Path(m.asok).parent == Path(m.log).parent == workdir, m
+        if fenced:
+            await fs_backend.fence(FenceTarget(node_id, (vid,)))
+        node.unmount_cephfs(m, fenced=fenced)
+        assert not os.path.exists(m.asok)
+        assert os.path.exists(m.log) == fenced, "a fenced client's log is kept, a clean one's goes"
+    assert sorted(p.name for p in kubelet.iterdir()) == [
+        ".globalmount-True-False.ceph-fuse.log",
+        "globalmount-False-False",
+        "globalmount-False-True",
+        "globalmount-True-False",
+    ]
+    await fs_backend.unfence(FenceTarget(node_id, (vid,)))
+    await fs_backend.deauthorize(vid, client_id)
     await fs_backend.delete_volume(vid)
 
 

@@ -23,6 +23,7 @@ from berth_shared.backends.ceph_common import addr_matches, normalize_addr
 from berth_shared.backends.rbd import META_VOLUME, PARTIAL, RbdBackend
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from berth_shared.node import ceph as node
+from berth_shared.node import host, mounts
 from berth_testing.ceph import RBD_DATA_POOL, RBD_POOL, CephCluster
 
 MiB = 1 << 20
@@ -378,7 +379,7 @@ async def test_single_writer_through_rbd_fuse_and_loop(
     ceph.on_stop(lambda: node.detach_rbd(att_a, str(mnt_a), fenced=True))
     try:
         assert att_a.method == "fuse" and att_a.device.startswith("/dev/loop") and att_a.client_address
-        assert node.format_and_mount(att_a.device, str(mnt_a)) is True
+        assert _format_and_mount(att_a.device, mnt_a) is True
         _write_sync(mnt_a / "data.txt", b"written on node A")
         await rbd_backend.record_node_address(vid, node_a, att_a.client_address)
 
@@ -391,7 +392,7 @@ async def test_single_writer_through_rbd_fuse_and_loop(
         att_b = node.attach_rbd(spec, RBD_POOL, vid, tmp_path / "b")
         try:
             assert att_b.client_address != att_a.client_address
-            assert node.format_and_mount(att_b.device, str(mnt_b)) is False  # A's file system, not a new one
+            assert _format_and_mount(att_b.device, mnt_b) is False  # A's file system, not a new one
             assert (mnt_b / "data.txt").read_bytes() == b"written on node A"
             _write_sync(mnt_b / "from-b.txt", b"node B writes")
         finally:
@@ -457,7 +458,7 @@ async def test_fenced_detach_does_not_hang_on_a_wedged_rbd_fuse(
     att = node.attach_rbd(spec, RBD_POOL, vid, tmp_path)
     mnt = tmp_path / "mnt"
     ceph.on_stop(lambda: node.detach_rbd(att, str(mnt), fenced=True))
-    node.format_and_mount(att.device, str(mnt))
+    _format_and_mount(att.device, mnt)
     _write_sync(mnt / "data.txt", b"before the fence")
     assert att.client_address and att.fuse_dir
     await rbd_backend.fence(FenceTarget(node_id, (vid,), (att.client_address,)))
@@ -489,6 +490,13 @@ async def test_fenced_detach_does_not_hang_on_a_wedged_rbd_fuse(
     assert not _loops_over(att.fuse_dir)
     await rbd_backend.unfence(FenceTarget(node_id, (vid,)))
     await rbd_backend.delete_volume(vid)
+
+
+def _format_and_mount(device: str, target: Path) -> bool:
+    """ext4 on the device unless it has a file system, mounted; whether it formatted."""
+    formatted = host.format_if_blank(device, "ext4")
+    mounts.mount(device, str(target), fstype="ext4")
+    return formatted
 
 
 def _mount_points() -> set[str]:

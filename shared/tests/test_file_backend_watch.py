@@ -30,11 +30,11 @@ def backend(tmp_path: Path) -> FileBackend:
 async def attached(backend: FileBackend) -> AsyncIterator[str]:
     """vol-1 on a real loop device."""
     await backend.create_volume("vol-1", 64 * MIB)
-    device = await host.attach_loop(backend.volume_path("vol-1"))
+    device = host.attach_loop(backend.volume_path("vol-1"))
     try:
         yield device
     finally:
-        await host.detach_loop(device)
+        host.detach_loop(device)
 
 
 async def test_inventory_details(backend: FileBackend) -> None:

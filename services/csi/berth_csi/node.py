@@ -1,7 +1,8 @@
-"""The CSI Node service: real storage on this host (file backend: loop device, ext4/xfs,
-mounts; RBD: rbd-fuse + loop (or krbd/nbd), then ext4/xfs or a raw device; CephFS: a
-ceph-fuse (or kernel) mount of the subvolume), per-volume serialised, idempotent, and fenced
-by the attacher's heartbeat replies, which carry each Ceph volume's client address."""
+"""The CSI Node service: real storage on this host, staged through
+`berth_shared.node.staging` (file backend: loop device, ext4/xfs, mounts; RBD: rbd-fuse +
+loop (or krbd/nbd), then ext4/xfs or a raw device; CephFS: a ceph-fuse (or kernel) mount of
+the subvolume), per-volume serialised, idempotent, and fenced by the attacher's heartbeat
+replies, which carry each Ceph volume's client address."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import logging
 import os
 import stat
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from berth_csi import ZONE_KEY
@@ -23,8 +23,9 @@ from berth_csi.state import NodeState, VolumeState
 from berth_shared.bus import Bus
 from berth_shared.errors import AlreadyExists, BerthError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from berth_shared.messages.attacher import StagedVolume
-from berth_shared.node import ceph_stage, host
-from berth_shared.node.heartbeat import NodeHeartbeat
+from berth_shared.node import host, mounts, staging
+from berth_shared.node.heartbeat import NodeHeartbeat, read_boot_id
+from berth_shared.node.staging import Staged, StageRequest
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class NodeService:
                 drop=self.drop_all,
                 interval_s=settings.heartbeat_interval_s,
                 zone=settings.zone,
+                boot_id=read_boot_id(settings.boot_id_file),
             )
 
     # -- heartbeat and fencing -------------------------------------------------
@@ -56,9 +58,9 @@ class NodeService:
         return [
             StagedVolume(
                 volume_id=v.volume_id,
-                device=v.device or None,
+                device=v.staged.device,
                 mount=None if v.block else v.staging_path,
-                client_address=v.client_address,
+                client_address=v.staged.client_address,
             )
             for v in self.state.all()
         ]
@@ -70,9 +72,9 @@ class NodeService:
             async with self._locks[st.volume_id]:
                 try:
                     for target in list(st.targets):
-                        await _unpublish(target)
+                        await _unpublish(target, fenced=True)
                     st.targets.clear()
-                    await self._unstage(st, fenced=True)
+                    await staging.unstage(st.staged, fenced=True, node_id=self.settings.node_id)
                     self.state.record_fenced(st.volume_id, st.generation or 0)
                     self.state.remove(st.volume_id)
                 except Exception as exc:
@@ -120,107 +122,66 @@ class NodeService:
         required(request.HasField("volume_capability"), "volume_capability")
         cap = request.volume_capability
         pctx = dict(request.publish_context)
-        backend = pctx.get("backend", "file")
-        kind = ceph_stage.ceph_kind(backend)
-        if backend != "file" and kind is None:
-            raise InvalidArgument(
-                f"publish_context.backend {backend!r}: this node plugin stages file, rbd and cephfs volumes",
-                field="publish_context.backend",
-            )
-        m.check_capability(cap, shared_fs=kind == "cephfs")
-        if kind is None:
-            required(pctx.get("path"), "publish_context.path")
+        backend = staging.backend_of(pctx)
+        stager = staging.stager(backend)
+        m.check_capability(cap, shared_fs=backend == "cephfs")
+        source = stager.source(pctx)
         generation = int(pctx["generation"]) if pctx.get("generation", "").isdigit() else None
-        vid, staging, block = request.volume_id, request.staging_target_path, m.is_block(cap)
+        vid, path, block = request.volume_id, request.staging_target_path, m.is_block(cap)
         self.state.get(vid)  # checks the id
         await self._fresh_fence_view()
         async with self._locks[vid]:
             self._check_fence(vid, generation)  # under the lock: a fence recovery may be running
             st = self.state.get(vid)
-            source = pctx["path"] if kind is None else _ceph_source(kind, pctx)
-            if st is not None and (st.staging_path != staging or st.block != block or st.backing != source):
+            same_volume = st is None or (st.staged.backend, st.staged.source) == (backend, source)
+            if st is not None and (st.staging_path != path or st.block != block or not same_volume):
                 raise AlreadyExists(
                     f"volume {vid} is already staged at {st.staging_path} ({'block' if st.block else 'mount'}); "
                     "unstage it first"
                 )
-            if kind is not None:
-                await self._stage_ceph(kind, pctx, cap, st, vid, staging, generation)
-                return csi.NodeStageVolumeResponse()
-            backing = Path(pctx["path"])
-            if not await asyncio.to_thread(backing.is_file):
-                raise NotFound(f"volume {vid}: its file {backing} is not on this host", reason="volume_file_missing")
-            device = await host.attach_loop(backing)
+            if st is not None:
+                done = st.staged.device is not None if block else st.staged.mount == path
+                if done and await asyncio.to_thread(staging.is_staged, st.staged):
+                    return csi.NodeStageVolumeResponse()  # staged already: nothing to do
+                if st.staged.device is not None or st.staged.mount is not None:
+                    # Half done (a crash mid-stage) or no longer in place (a reboot, a killed
+                    # fuse daemon): clear what is left, then stage afresh.
+                    await staging.unstage(st.staged, node_id=self.settings.node_id)
             readonly = int(cap.access_mode.mode) in m.READ_ONLY_MODES
             st = VolumeState(
                 volume_id=vid,
-                backing=str(backing),
-                device=device,
-                staging_path=staging,
+                staging_path=path,
                 block=block,
-                readonly=readonly,
                 generation=generation,
                 targets=st.targets if st else {},
+                staged=Staged(volume_id=vid, backend=backend, source=source, readonly=readonly),
             )
             self.state.put(st)  # first: a crash from here on leaves what to clean up
-            if not block:
-                fs = cap.mount.fs_type or await host.filesystem_of(device) or m.DEFAULT_FS
-                if not readonly:
-                    await host.format_if_blank(device, fs)
-                options = list(cap.mount.mount_flags) + (["ro"] if readonly else [])
-                await host.mount(device, staging, fstype=fs, options=options or None)
-                st.fs_type, st.mount_options = fs, options
-                self.state.put(st)
-        return csi.NodeStageVolumeResponse()
 
-    async def _stage_ceph(
-        self,
-        kind: ceph_stage.CephKind,
-        pctx: dict[str, str],
-        cap: Any,
-        prior: VolumeState | None,
-        vid: str,
-        staging: str,
-        generation: int | None,
-    ) -> None:
-        block = m.is_block(cap)
-        if prior is not None and prior.ceph is not None:
-            if block or host.is_mounted(staging):
-                return  # staged already: nothing to do
-            # Known but no longer mounted (a reboot, a killed fuse daemon): clear what is left.
-            await ceph_stage.unstage(prior.ceph, node_id=self.settings.node_id)
-        readonly = int(cap.access_mode.mode) in m.READ_ONLY_MODES
-        fs = m.fs_type(cap) if kind == "rbd" else "ceph"
-        staged = await ceph_stage.stage(
-            kind,
-            pctx,
-            self.settings.ceph_client(kind, pctx),
-            node_id=self.settings.node_id,
-            volume_id=vid,
-            mount=staging,
-            workdir=self.state.root / "ceph",
-            readonly=readonly,
-            fstype=fs,
-            block=block,
-        )
-        st = VolumeState(
-            volume_id=vid,
-            backend=kind,
-            backing=_ceph_source(kind, pctx),
-            device=staged.device or "",
-            staging_path=staging,
-            block=block,
-            fs_type=fs,
-            readonly=readonly,
-            generation=generation,
-            targets=prior.targets if prior else {},
-            client_address=staged.client_address,
-            ceph=staged,
-        )
-        try:
+            def on_device(device: str) -> None:
+                st.staged = st.staged.model_copy(update={"device": device})
+                self.state.put(st)
+
+            req = StageRequest(
+                volume_id=vid,
+                context=pctx,
+                node_id=self.settings.node_id,
+                target=None if block else path,
+                workdir=self.state.root / "node",
+                fstype=(cap.mount.fs_type or None) if not block else None,
+                readonly=readonly,
+                mount_options=tuple(cap.mount.mount_flags) if not block and backend != "cephfs" else (),
+                identity=self.settings.ceph_client(backend, pctx),
+                on_device=on_device,
+            )
+            try:
+                st.staged = await staging.stage(req)
+            except BaseException:
+                if st.staged.device is None:
+                    self.state.remove(vid)  # nothing was attached: nothing to remember
+                raise
             self.state.put(st)
-        except BaseException:
-            await ceph_stage.unstage(staged, node_id=self.settings.node_id)
-            raise
+        return csi.NodeStageVolumeResponse()
 
     @rpc
     async def NodeUnstageVolume(self, request: Any, context: Any) -> Any:
@@ -230,27 +191,15 @@ class NodeService:
         self.state.get(vid)
         async with self._locks[vid]:
             st = self.state.get(vid)
-            busy = [t for t in (st.targets if st else {}) if host.is_mounted(t)]
+            busy = [t for t in (st.targets if st else {}) if mounts.is_mounted(t)]
             if busy:
                 raise FailedPrecondition(f"volume {vid} is still published at {', '.join(busy)}; unpublish it first")
-            if st is None or st.ceph is None:
-                await host.umount(request.staging_target_path)
-            if st is not None:
-                await self._unstage(st)
+            if st is None:
+                await staging.unpublish(request.staging_target_path)
+            else:
+                await staging.unstage(st.staged, node_id=self.settings.node_id)
                 self.state.remove(vid)
         return csi.NodeUnstageVolumeResponse()
-
-    async def _unstage(self, st: VolumeState, *, fenced: bool = False) -> None:
-        if st.ceph is not None:
-            # umount, loop detach, fuse unmount; `fenced`: the client is cut off, so its fuse
-            # daemon is killed first rather than waited for (a blocklisted one can wedge).
-            await ceph_stage.unstage(st.ceph, fenced=fenced, node_id=self.settings.node_id)
-            return
-        if not st.block:
-            await host.umount(st.staging_path)
-        # Only the device this node attached (and only while it still backs the volume).
-        if st.device in host.loops_backed_by(Path(st.backing)) and not host.mounts_of(st.device):
-            await host.detach_loop(st.device)
 
     # -- publish / unpublish -------------------------------------------------------
 
@@ -281,8 +230,10 @@ class NodeService:
                 )
             if target in st.targets and st.targets[target] != readonly:
                 raise AlreadyExists(f"volume {vid} is already published at {target} with readonly={st.targets[target]}")
-            source = st.device if st.block else st.staging_path
-            await host.bind_mount(source, target, readonly=readonly)
+            source = st.staged.device if st.block else st.staging_path
+            if source is None:
+                raise FailedPrecondition(f"volume {vid} has no device staged; call NodeStageVolume again")
+            await staging.publish(source, target, readonly=readonly)
             st.targets[target] = readonly
             self.state.put(st)
         return csi.NodePublishVolumeResponse()
@@ -312,14 +263,11 @@ class NodeService:
             st = self.state.get(vid)
             if st is None:
                 raise NotFound(f"volume {vid} is not staged on node {self.settings.node_id}", reason="not_staged")
-            if st.backend == "cephfs":
-                return csi.NodeExpandVolumeResponse()  # a subvolume quota: nothing to grow here
-            if st.ceph is None and st.device not in host.loops_backed_by(Path(st.backing)):
-                raise FailedPrecondition(f"volume {vid}: its loop device {st.device} is gone; stage it again")
-            await host.refresh_loop(st.device)
-            if not st.block:
-                await self._grow(st)
-            size = host.device_size(st.device)
+            if st.staged.device is None:
+                return csi.NodeExpandVolumeResponse()  # CephFS: a subvolume quota, nothing to grow here
+            in_use = any(mounts.is_mounted(t) for t in st.targets)
+            await staging.expand(st.staged, in_use=in_use)
+            size = host.device_size(st.staged.device)
         if request.HasField("capacity_range") and request.capacity_range.required_bytes > size:
             raise FailedPrecondition(
                 f"volume {vid} is {size} bytes on this node, {request.capacity_range.required_bytes} asked: "
@@ -327,23 +275,6 @@ class NodeService:
                 reason="controller_expansion_pending",
             )
         return csi.NodeExpandVolumeResponse(capacity_bytes=size)
-
-    async def _grow(self, st: VolumeState) -> None:
-        try:
-            await host.grow_filesystem(st.device, st.staging_path, st.fs_type)
-        except host.HostCommandError as exc:
-            # Online ext4 growth needs CAP_SYS_RESOURCE; without it, a volume no pod uses yet
-            # (kubelet expands right after staging) can still grow offline.
-            in_use = [t for t in st.targets if host.is_mounted(t)]
-            if st.fs_type != "ext4" or "Permission denied" not in exc.detail or in_use:
-                raise
-            log.warning("online resize of %s refused (no CAP_SYS_RESOURCE?): growing it offline", st.volume_id)
-            await host.umount(st.staging_path)
-            code, out = await host.run("e2fsck", "-f", "-p", st.device, check=False)
-            if code > 1:  # 1: errors corrected
-                raise host.HostCommandError(f"e2fsck of {st.device} failed ({code}): {out[:300]}") from exc
-            await host.run("resize2fs", st.device)
-            await host.mount(st.device, st.staging_path, fstype=st.fs_type, options=st.mount_options or None)
 
     @rpc
     async def NodeGetVolumeStats(self, request: Any, context: Any) -> Any:
@@ -355,7 +286,7 @@ class NodeService:
         st = self.state.get(request.volume_id)
         if st is not None and st.block:
             return await self._block_stats(st, path)
-        if not host.is_mounted(path):
+        if not mounts.is_mounted(path):
             return csi.NodeGetVolumeStatsResponse(
                 volume_condition=csi.VolumeCondition(abnormal=True, message=f"{path} is not mounted")
             )
@@ -375,11 +306,12 @@ class NodeService:
         return csi.NodeGetVolumeStatsResponse(usage=[bytes_, inodes], volume_condition=csi.VolumeCondition())
 
     async def _block_stats(self, st: VolumeState, path: str) -> Any:
+        device = st.staged.device or ""
         try:
-            size = host.device_size(st.device)
+            size = host.device_size(device)
         except OSError as exc:
             return csi.NodeGetVolumeStatsResponse(
-                volume_condition=csi.VolumeCondition(abnormal=True, message=f"device {st.device}: {exc.strerror}")
+                volume_condition=csi.VolumeCondition(abnormal=True, message=f"device {device}: {exc.strerror}")
             )
         return csi.NodeGetVolumeStatsResponse(
             usage=[Usage(unit=Usage.BYTES, total=size)], volume_condition=csi.VolumeCondition()
@@ -399,11 +331,6 @@ class NodeService:
         )
 
 
-def _ceph_source(kind: ceph_stage.CephKind, pctx: dict[str, str]) -> str:
-    """What a Ceph volume is on the cluster (kept as its state's `backing`)."""
-    return f"{pctx.get('pool', '')}/{pctx.get('image', '')}" if kind == "rbd" else pctx.get("path", "")
-
-
 def _probe_fs(path: str) -> os.statvfs_result:
     """statvfs, after reading the directory: a shut-down or failing file system answers EIO."""
     if stat.S_ISDIR(os.stat(path).st_mode):
@@ -412,13 +339,9 @@ def _probe_fs(path: str) -> os.statvfs_result:
     return os.statvfs(path)
 
 
-async def _unpublish(target: str) -> None:
+async def _unpublish(target: str, *, fenced: bool = False) -> None:
     """Unmount a target (every mount stacked on it) and remove it; a missing one is fine."""
-    while host.is_mounted(target):
-        try:
-            await host.umount(target)
-        except host.HostCommandError:
-            await host.umount(target, lazy=True)
+    await staging.unpublish(target, fenced=fenced)
     await asyncio.to_thread(_remove, target)
 
 

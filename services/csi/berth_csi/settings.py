@@ -11,7 +11,8 @@ from pydantic import Field, SecretStr
 
 from berth_shared.auth import first_admin_token, read_tokens
 from berth_shared.node.ceph import CephClientSpec
-from berth_shared.node.ceph_stage import CephKind, client_spec
+from berth_shared.node.ceph_stage import KINDS, client_spec
+from berth_shared.node.heartbeat import BOOT_ID_FILE
 from berth_shared.settings import Settings
 
 Mode = Literal["controller", "node", "both"]
@@ -39,6 +40,10 @@ class CsiSettings(Settings):
     # service token.
     node_token: SecretStr | None = None
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    # BERTH_BOOT_ID_FILE: where the node's boot id is read at start (it changes when the
+    # machine restarts; a fenced node is unfenced on its own request only after a restart).
+    # Only tests that play a reboot point it elsewhere.
+    boot_id_file: Path = BOOT_ID_FILE
     # This node's own cephx identity for Ceph volumes (the publish context carries no
     # secret). Unset: the Ceph conventions of berth_shared.node.ceph_stage (the context's
     # conf, else /etc/ceph/ceph.conf; the context's `user` for RBD, client.berth-node-<node>
@@ -55,8 +60,12 @@ class CsiSettings(Settings):
             return Path(self.csi_endpoint.removeprefix("unix://"))
         return self.data_dir / "csi.sock"
 
-    def ceph_client(self, kind: CephKind, ctx: dict[str, str]) -> CephClientSpec:
-        """The cephx identity this node uses for a volume of `kind` with this publish context."""
+    def ceph_client(self, backend: str, ctx: dict[str, str]) -> CephClientSpec | None:
+        """The cephx identity this node uses for a volume of `backend` with this publish
+        context (None: not a Ceph volume)."""
+        kind = next((k for k in KINDS if k == backend), None)
+        if kind is None:
+            return None
         conv = client_spec(kind, ctx, self.node_id, None)
         user = (self.rbd_user if kind == "rbd" else self.cephfs_user) or conv.user
         keyring = (self.rbd_keyring if kind == "rbd" else self.cephfs_keyring) or (

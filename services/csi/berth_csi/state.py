@@ -11,25 +11,25 @@ from pydantic import BaseModel, Field
 
 from berth_csi.mapping import valid_id
 from berth_shared.errors import NotFound
-from berth_shared.node.ceph_stage import CephStaged
+from berth_shared.node.staging import Staged
 
 
 class VolumeState(BaseModel):
     volume_id: str
-    backend: str = "file"  # file, rbd or cephfs
-    backing: str  # the volume's file (file backend); Ceph: pool/image, or the subvolume path
-    device: str  # its loop device (file, RBD); "" for CephFS
     staging_path: str
     block: bool = False
-    fs_type: str = "ext4"
-    mount_options: list[str] = Field(default_factory=list)
-    readonly: bool = False
     generation: int | None = None  # the attachment generation it was staged under
     targets: dict[str, bool] = Field(default_factory=dict)  # target_path -> readonly
-    # Ceph: the client address a fence blocklists, and all that unstaging needs (the rbd-fuse
-    # or ceph-fuse pid, the fuse dir, the cephx identity), so a restarted adapter can unstage.
-    client_address: str | None = None
-    ceph: CephStaged | None = None
+    # What the node side staged (berth_shared.node.staging): backend, source, device, mount,
+    # the Ceph client address a fence cuts off, and all that unstaging needs (for Ceph the
+    # fuse daemon's pid and dir, the cephx identity), so a restarted adapter can unstage.
+    # Written first with only what is known before anything is attached: a crash mid-stage
+    # leaves a record to clean up from.
+    staged: Staged
+
+    @property
+    def backend(self) -> str:
+        return self.staged.backend
 
 
 class NodeState:

@@ -24,7 +24,7 @@ from berth_csi.server import CsiServer
 from berth_csi.settings import CsiSettings
 from berth_provisioner.app import create_app as provisioner_app
 from berth_shared.bus import Bus
-from berth_shared.node import host
+from berth_shared.node import host, mounts
 from berth_shared.settings import Settings
 from berth_testing import Tenants, eventually, running
 
@@ -234,13 +234,13 @@ async def _stop_extra(st: CsiStack) -> None:
 
 async def _clean(workdir: Path, cluster_root: Path) -> None:
     """Whatever a failed test left: mounts under the work dir, loops on the cluster's files."""
-    for m in sorted(host.mounts(), key=lambda m: len(m.target), reverse=True):
+    for m in sorted(mounts.table(), key=lambda m: len(m.target), reverse=True):
         if m.target.startswith(str(workdir)):
             with contextlib.suppress(Exception):
-                await host.umount(m.target, lazy=True)
+                mounts.umount(m.target, lazy=True)
     for device in _loops(cluster_root):
         with contextlib.suppress(Exception):
-            await host.detach_loop(device)
+            host.detach_loop(device)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -291,8 +291,8 @@ def leftovers(st: CsiStack) -> dict[str, list[str]]:
     """Loop devices, mounts and files the stack still holds."""
     files = sorted(str(p.relative_to(st.cluster_root)) for p in st.cluster_root.rglob("*.img"))
     loops = _loops(st.cluster_root)
-    mounts = [m.target for m in host.mounts() if m.target.startswith(str(st.workdir))]
-    return {"files": files, "loops": loops, "mounts": mounts}
+    held = [m.target for m in mounts.table() if m.target.startswith(str(st.workdir))]
+    return {"files": files, "loops": loops, "mounts": held}
 
 
 def kubelet_dir(path: str) -> str:

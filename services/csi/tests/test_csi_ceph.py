@@ -22,7 +22,7 @@ from berth_csi.pb import csi
 from berth_shared.backends import build_backend
 from berth_shared.backends.cephfs import CephFsBackend
 from berth_shared.node import ceph as node_ceph
-from berth_shared.node import ceph_stage, host
+from berth_shared.node import mounts, staging
 from berth_shared.settings import Settings
 from berth_testing import Tenants
 from berth_testing.ceph import CephCluster
@@ -85,7 +85,7 @@ def _write(path: Path, data: bytes) -> None:
 def _leftovers(st: CsiStack) -> dict[str, list[str]]:
     """Mounts, loop devices and processes that still refer to the stack's work dir."""
     root = str(st.workdir)
-    mounts = [m.target for m in host.mounts() if m.target.startswith(root)]
+    held = [m.target for m in mounts.table() if m.target.startswith(root)]
     loops = []
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         with contextlib.suppress(OSError):
@@ -97,15 +97,14 @@ def _leftovers(st: CsiStack) -> dict[str, list[str]]:
             args = cmdline.read_bytes().split(b"\0")
             if any(a.startswith(root.encode()) for a in args) and args[0].endswith((b"rbd-fuse", b"ceph-fuse")):
                 procs.append(f"{cmdline.parent.name}: {b' '.join(args).decode(errors='replace')}")
-    return {"mounts": mounts, "loops": loops, "procs": procs}
+    return {"mounts": held, "loops": loops, "procs": procs}
 
 
 async def _force_clean(st: CsiStack) -> None:
     """After a failure: drop what the node still holds (bounded; the fuse daemons killed)."""
     for vs in st.node_service.state.all():
-        if vs.ceph is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ceph_stage.unstage(vs.ceph, fenced=True), 60)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(staging.unstage(vs.staged, fenced=True, node_id="node-a"), 60)
 
 
 async def _stage_publish(st: CsiStack, vid: str, pctx: dict[str, str], cap: Any, pod: str) -> tuple[str, str]:
@@ -117,12 +116,12 @@ async def _stage_publish(st: CsiStack, vid: str, pctx: dict[str, str], cap: Any,
     )
     await st.node.NodeStageVolume(stage, timeout=CALL_S)
     await st.node.NodeStageVolume(stage, timeout=CALL_S)  # idempotent
-    assert host.is_mounted(staging)
+    assert mounts.is_mounted(staging)
     publish = csi.NodePublishVolumeRequest(
         volume_id=vid, publish_context=pctx, staging_target_path=staging, target_path=target, volume_capability=cap
     )
     await st.node.NodePublishVolume(publish, timeout=CALL_S)
-    assert host.is_mounted(target)
+    assert mounts.is_mounted(target)
     return staging, target
 
 
@@ -131,7 +130,7 @@ async def _teardown(st: CsiStack, vid: str, staging: str, target: str) -> None:
     unstage = csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging)
     await st.node.NodeUnstageVolume(unstage, timeout=CALL_S)
     await st.node.NodeUnstageVolume(unstage, timeout=CALL_S)  # idempotent
-    assert not host.is_mounted(staging) and not host.is_mounted(target)
+    assert not mounts.is_mounted(staging) and not mounts.is_mounted(target)
     assert st.node_service.state.get(vid) is None
     await st.controller.ControllerUnpublishVolume(
         csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id="node-a"), timeout=CALL_S
@@ -141,9 +140,9 @@ async def _teardown(st: CsiStack, vid: str, staging: str, target: str) -> None:
 def _check_staged(st: CsiStack, vid: str, backend: str) -> str:
     """The node state and the heartbeat's staged list carry the volume's client address."""
     vs = st.node_service.state.get(vid)
-    assert vs is not None and vs.backend == backend and vs.ceph is not None, vs
+    assert vs is not None and vs.backend == backend and vs.staged.ceph is not None, vs
     (beat,) = [s for s in st.node_service.staged() if s.volume_id == vid]
-    assert beat.client_address and beat.client_address == vs.client_address, (beat, vs)
+    assert beat.client_address and beat.client_address == vs.staged.client_address, (beat, vs)
     return beat.client_address
 
 
@@ -196,7 +195,7 @@ async def test_rbd_raw_block_through_the_socket(
                     volume_id=vid, publish_context=pctx, staging_target_path=staging, volume_capability=cap
                 )
                 await st.node.NodeStageVolume(stage, timeout=CALL_S)
-                assert not host.is_mounted(staging)  # no file system: the device is the volume
+                assert not mounts.is_mounted(staging)  # no file system: the device is the volume
                 _check_staged(st, vid, "rbd")
                 target = st.path("pods", pod, "dev")
                 kubelet_dir(os.path.dirname(target))
@@ -242,7 +241,7 @@ async def test_cephfs_volume_through_the_socket(
                 pctx = await st.publish(vid, cap=cap)
                 assert pctx["backend"] == "cephfs" and pctx["path"], pctx
                 staging, target = await _stage_publish(st, vid, pctx, cap, "p1")
-                if st.node_service.state.get(vid).ceph.fs.method == "fuse":  # type: ignore[union-attr]
+                if st.node_service.state.get(vid).staged.ceph.fs.method == "fuse":  # type: ignore[union-attr]
                     _check_staged(st, vid, "cephfs")  # the kernel client does not tell its address
                 await _io(lambda: _write(Path(target, "shared.dat"), b"shared row\n"))
                 await _teardown(st, vid, staging, target)

@@ -24,7 +24,7 @@ from csi_harness import (
 
 from berth_csi.pb import csi, rpc
 from berth_csi.server import CsiServer
-from berth_shared.node import host
+from berth_shared.node import mounts
 from berth_shared.settings import Settings
 from berth_testing import Tenants, eventually, needs_loop
 
@@ -71,13 +71,13 @@ async def test_fenced_node_refuses_to_restage_and_cleans_up(
         await n1.channel.close()
         await n1.server.stop(grace=0)
         st.extra.remove(n1)
-        assert host.is_mounted(target)
+        assert mounts.is_mounted(target)
 
         async def fenced() -> bool:
             return await node_state(st, "node-1") == "fenced"
 
         await eventually(fenced, what="node-1 fenced")
-        assert not host.is_mounted(target) and not host.is_mounted(staging)  # the fence cut them
+        assert not mounts.is_mounted(target) and not mounts.is_mounted(staging)  # the fence cut them
 
         # The volume moves to node-2 with its data.
         ctx2 = await st.publish(vid, node_id="node-2")
@@ -106,7 +106,7 @@ async def test_fenced_node_refuses_to_restage_and_cleans_up(
         await eventually(alive, what="node-1 unfenced")
         assert restarted.node is not None and restarted.node.state.all() == []
         assert not exists(target)
-        assert not host.is_mounted(staging)
+        assert not mounts.is_mounted(staging)
         # Even unfenced, the publish context from before the fence stays refused.
         err = await rpc_error(node_1.NodeStageVolume(stage_1))
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION

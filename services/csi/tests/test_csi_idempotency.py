@@ -9,7 +9,7 @@ import pytest
 from csi_harness import GIB, csi_stack, kubelet_dir, leftovers, mount_cap, read, rmdir, write
 
 from berth_csi.pb import csi
-from berth_shared.node import host
+from berth_shared.node import host, mounts
 from berth_shared.settings import Settings
 from berth_testing import Tenants, needs_loop
 
@@ -82,8 +82,8 @@ async def test_node_calls_repeated_give_the_same_result(
         assert read(Path(staging, "f")) == b"x"
         for _ in range(2):
             await n.NodePublishVolume(publish)
-        mounts = [m.target for m in host.mounts() if m.target in (staging, target)]
-        assert sorted(mounts) == sorted([staging, target])  # one mount each, nothing stacked
+        held = [m.target for m in mounts.table() if m.target in (staging, target)]
+        assert sorted(held) == sorted([staging, target])  # one mount each, nothing stacked
         assert len(host.loops_backed_by(Path(pctx["path"]))) == 1
         sizes = {
             (await n.NodeExpandVolume(csi.NodeExpandVolumeRequest(volume_id=vid, volume_path=target))).capacity_bytes

@@ -24,7 +24,7 @@ from csi_harness import (
 
 from berth_csi import ZONE_KEY
 from berth_csi.pb import csi
-from berth_shared.node import host
+from berth_shared.node import host, mounts
 from berth_shared.settings import Settings
 from berth_testing import Tenants, needs_loop
 
@@ -63,12 +63,12 @@ async def test_volume_life_through_the_socket(
             volume_id=vid, publish_context=pctx, staging_target_path=staging, volume_capability=cap
         )
         await n.NodeStageVolume(stage)
-        assert host.is_mounted(staging)
+        assert mounts.is_mounted(staging)
         publish = csi.NodePublishVolumeRequest(
             volume_id=vid, publish_context=pctx, staging_target_path=staging, target_path=target, volume_capability=cap
         )
         await n.NodePublishVolume(publish)
-        assert host.is_mounted(target)
+        assert mounts.is_mounted(target)
         write(Path(target, "table.dat"), b"committed row\n")
 
         stats = await n.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(volume_id=vid, volume_path=target))
@@ -83,7 +83,7 @@ async def test_volume_life_through_the_socket(
         await n.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target))
         assert not exists(target)
         await n.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging))
-        assert not host.is_mounted(staging) and host.loops_backed_by(Path(pctx["path"])) == []
+        assert not mounts.is_mounted(staging) and host.loops_backed_by(Path(pctx["path"])) == []
         await c.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id="node-a"))
         got = await c.ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=vid))
         assert list(got.status.published_node_ids) == []
@@ -172,8 +172,8 @@ async def test_raw_block_volume(make_settings: Callable[..., Settings], tenants:
                 volume_id=vol.volume_id, publish_context=pctx, staging_target_path=staging, volume_capability=cap
             )
         )
-        assert not host.is_mounted(staging)  # block: the loop device only
-        device = st.node_service.state.get(vol.volume_id).device
+        assert not mounts.is_mounted(staging)  # block: the loop device only
+        device = st.node_service.state.get(vol.volume_id).staged.device
         assert host.loops_backed_by(Path(pctx["path"])) == [device]
         await n.NodePublishVolume(
             csi.NodePublishVolumeRequest(
@@ -222,7 +222,7 @@ async def test_online_expansion_of_a_mounted_xfs_volume(
                 volume_id=vid, staging_target_path=staging, target_path=target, volume_capability=cap
             )
         )
-        assert [m.fstype for m in host.mounts() if m.target == target] == ["xfs"]
+        assert [m.fstype for m in mounts.table() if m.target == target] == ["xfs"]
         write(Path(target, "before"), b"written before the resize")
 
         # In use all along: the controller grows the file, the node grows xfs under the pod.

@@ -35,7 +35,7 @@ from berth_shared.backends.base import (
     TrashItem,
 )
 from berth_shared.errors import FailedPrecondition, NotFound, OutOfRange
-from berth_shared.node.host import cut_off_file
+from berth_shared.node.cutoff import cut_off_file
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
@@ -419,12 +419,13 @@ class FileBackend:
         return {"path": str(self.volume_path(volume_id).resolve())}
 
     async def fence(self, target: FenceTarget) -> list[str]:
-        """The file backend is one host's storage, so the storage side can reach the node's
-        use of each file directly: shut down the file systems on its loop devices (every
-        later I/O fails), unmount them and detach the loops. Data already written stays."""
+        """The file backend is one host's storage, so the storage side reaches every use of
+        each file on it directly, through the kernel (`berth_shared.node.cutoff`): the loop
+        devices go read-only, their file systems shut down (every later I/O fails), then
+        they are unmounted and detached. Data already written stays."""
         cut: list[str] = []
         for volume_id in target.volume_ids:
-            cut += await cut_off_file(self.volume_path(volume_id))
+            cut += await asyncio.to_thread(cut_off_file, self.volume_path(volume_id))
         return cut
 
     async def unfence(self, target: FenceTarget) -> list[str]:

@@ -31,6 +31,8 @@ from typing import Literal
 
 from berth_shared.backends import ceph_bindings
 from berth_shared.errors import FailedPrecondition, Unavailable
+from berth_shared.node import host, mounts
+from berth_shared.node.run import HostCommandError, run
 
 RbdMethod = Literal["krbd", "nbd", "fuse"]
 FsMethod = Literal["kernel", "fuse"]
@@ -66,29 +68,8 @@ class CephFsMount:
     target: str
     client_address: str | None
     pid: int | None = None
-    asok: str | None = None
-
-
-def _run(cmd: list[str], timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a tool with a bound that holds even when it hangs in the kernel: `subprocess.run`
-    waits for a killed child forever, and a child stuck in D state (I/O to a storage client
-    that no longer answers) never dies, so after the kill we wait 5 s and leave it."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        proc.kill()
-        try:
-            proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            raise AttachError(
-                f"{' '.join(cmd)} hung for {timeout}s and cannot be killed (stuck in the kernel)"
-            ) from exc
-        raise AttachError(f"{' '.join(cmd)} timed out after {timeout}s") from exc
-    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    if check and done.returncode != 0:
-        raise AttachError(f"{' '.join(cmd)} failed ({done.returncode}): {(err or out).strip()[-500:]}")
-    return done
+    asok: str | None = None  # ceph-fuse's admin socket: removed on unmount
+    log: str | None = None  # ceph-fuse's log: removed after a clean unmount
 
 
 # -- what this host can do -----------------------------------------------------------------
@@ -181,7 +162,7 @@ def _ceph_args(spec: CephClientSpec) -> list[str]:
 
 def _attach_krbd(spec: CephClientSpec, pool: str, image: str, read_only: bool) -> RbdAttachment:
     cmd = ["rbd", "map", f"{pool}/{image}", *_ceph_args(spec)] + (["--read-only"] if read_only else [])
-    device = _run(cmd).stdout.strip()
+    device = run(*cmd).stdout.strip()
     addr = None
     for dev in Path("/sys/bus/rbd/devices").iterdir():
         if (dev / "name").read_text().strip() == image and (dev / "pool").read_text().strip() == pool:
@@ -192,7 +173,7 @@ def _attach_krbd(spec: CephClientSpec, pool: str, image: str, read_only: bool) -
 
 def _attach_nbd(spec: CephClientSpec, pool: str, image: str, read_only: bool, before: set[str]) -> RbdAttachment:
     cmd = ["rbd-nbd", "map", f"{pool}/{image}", *_ceph_args(spec)] + (["--read-only"] if read_only else [])
-    device = _run(cmd).stdout.strip()
+    device = run(*cmd).stdout.strip()
     return RbdAttachment("nbd", pool, image, device, _new_watcher(spec, pool, image, before))
 
 
@@ -220,10 +201,7 @@ def _attach_fuse(
         time.sleep(0.05)
     att = RbdAttachment("fuse", pool, image, "", None, str(fuse_dir), proc.pid)
     try:
-        # Direct I/O: the loop device then does not keep a second page cache of the image,
-        # so a write that returned has reached rbd-fuse (and a fenced client fails at once).
-        cmd = ["losetup", "--find", "--show", "--direct-io=on"] + (["--read-only"] if read_only else [])
-        att.device = _run([*cmd, str(image_file)]).stdout.strip()
+        att.device = host.attach_loop(image_file, direct_io=True, readonly=read_only)
         att.client_address = _new_watcher(spec, pool, image, before)
     except BaseException:
         detach_rbd(att)
@@ -244,43 +222,27 @@ def detach_rbd(att: RbdAttachment, mountpoint: str | None = None, *, fenced: boo
     if fenced and att.method == "fuse" and att.pid:
         _stop_process(att.pid, exit_grace=0, term_grace=0)
     if mountpoint:
-        unmount(mountpoint)
+        unmount(mountpoint, fenced=fenced)
     if att.method == "krbd" and att.device:
         # A blocklisted krbd client cannot close its image cleanly: force the unmap.
-        _run(["rbd", "unmap", *(["-o", "force"] if fenced else []), att.device], check=False)
+        run("rbd", "unmap", *(["-o", "force"] if fenced else []), att.device, check=False)
     elif att.method == "nbd" and att.device:
-        _run(["rbd-nbd", "unmap", att.device], check=False)
+        run("rbd-nbd", "unmap", att.device, check=False)
     elif att.method == "fuse":
-        if att.device and _loop_backing(att.device) is not None:
-            _run(["losetup", "-d", att.device], check=False)
+        if att.device and host.loop(att.device) is not None:
+            host.detach_loop(att.device)
         if att.fuse_dir:
             _unmount_fuse(att.fuse_dir)
         if att.pid:
             _stop_process(att.pid, exit_grace=0.5 if fenced else 10.0)
 
 
-def _loop_backing(device: str) -> str | None:
-    name = Path(device).name
-    path = Path(f"/sys/block/{name}/loop/backing_file")
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _mounted(path: str) -> bool:
-    """From the mount table, not `os.path.ismount`: a stat of a dead or wedged fuse mount
-    fails (or hangs), which must not hide the mount from its unmount."""
-    path = os.path.normpath(path)
-    return any(target == path for _, target, _ in _mounts())
-
-
 def _unmount_fuse(path: str) -> None:
-    if not _mounted(path):
+    if not mounts.is_mounted(path):
         return
-    if _run(["fusermount", "-u", path], check=False).returncode != 0:
+    if run("fusermount", "-u", path, check=False).returncode != 0:
         # A fenced client's fuse daemon may no longer answer: detach lazily.
-        _run(["fusermount", "-u", "-z", path], check=False)
+        run("fusermount", "-u", "-z", path, check=False)
 
 
 def _exited(pid: int) -> bool:
@@ -318,34 +280,18 @@ def _stop_process(pid: int, exit_grace: float = 10.0, term_grace: float = 3.0) -
 
 # -- file systems on block devices ---------------------------------------------------------
 
-
-def has_filesystem(device: str) -> bool:
-    return bool(_run(["blkid", "-o", "value", "-s", "TYPE", device], check=False).stdout.strip())
+is_mounted = mounts.is_mounted  # for the attacher's tests, until they use `mounts`
 
 
-def format_and_mount(device: str, target: str, fstype: str = "ext4", options: str | None = None) -> bool:
-    """Mount `device` at `target`, making the file system first only if the device has
-    none (never reformat a volume with data). Returns whether it formatted."""
-    formatted = False
-    if not has_filesystem(device):
-        opts = ["-F", "-q", "-E", "nodiscard"] if fstype.startswith("ext") else ["-f", "-K"]
-        _run([f"mkfs.{fstype}", *opts, device], timeout=120)
-        formatted = True
-    Path(target).mkdir(parents=True, exist_ok=True)
-    _run(["mount", "-t", fstype, *(["-o", options] if options else []), device, target])
-    return formatted
-
-
-def is_mounted(path: str) -> bool:
-    return os.path.ismount(path)
-
-
-def unmount(target: str) -> None:
-    if not _mounted(target):
-        return
-    if _run(["umount", target], check=False).returncode != 0:
-        # I/O errors after a fence can make a clean unmount impossible: detach lazily.
-        _run(["umount", "-l", target], check=False)
+def unmount(target: str, *, fenced: bool = False) -> None:
+    """Unmount a file system over an RBD device. `fenced`: its I/O fails, which can make a
+    clean unmount impossible, so it is detached lazily (harmless: the client is cut off)."""
+    try:
+        mounts.umount(target)
+    except HostCommandError:
+        if not fenced:
+            raise
+        mounts.umount(target, lazy=True)
 
 
 # -- CephFS --------------------------------------------------------------------------------
@@ -356,12 +302,15 @@ def mount_cephfs(
     path: str,
     target: Path,
     *,
+    workdir: Path | None = None,
     fs_name: str | None = None,
     method: FsMethod | None = None,
     timeout: float = 30.0,
 ) -> CephFsMount:
     """Mount the subvolume `path` at `target` with the kernel client when there is one,
-    else ceph-fuse. The client address is known for ceph-fuse (admin socket)."""
+    else ceph-fuse. The client address is known for ceph-fuse (admin socket). ceph-fuse's
+    log and admin socket go to `workdir` (default: beside `target`), never into `target`'s
+    parent when a workdir is given: kubelet removes that directory and expects it empty."""
     available = cephfs_methods()
     chosen = method or (available[0] if available else None)
     if chosen is None or chosen not in available:
@@ -372,10 +321,9 @@ def mount_cephfs(
     target.mkdir(parents=True, exist_ok=True)
     if chosen == "kernel":
         opts = f"name={spec.user},conf={spec.conf},secretfile={spec.keyring}" + (f",fs={fs_name}" if fs_name else "")
-        _run(["mount", "-t", "ceph", f":{path}", str(target), "-o", opts], timeout=timeout)
+        run("mount", "-t", "ceph", f":{path}", str(target), "-o", opts, timeout=timeout)
         return CephFsMount("kernel", str(target), None)
-    asok = _asok_path(target)
-    log = target.parent / f".{target.name}.ceph-fuse.log"
+    asok, log = _fuse_files(target, workdir)
     cmd = ["ceph-fuse", "-f", *_ceph_args(spec), "-r", path, "--admin-socket", asok, str(target)]
     if fs_name:
         cmd[1:1] = ["--client_fs", fs_name]
@@ -383,28 +331,43 @@ def mount_cephfs(
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
+    m = CephFsMount("fuse", str(target), None, proc.pid, asok, str(log))
     deadline = time.monotonic() + timeout
-    while not os.path.ismount(target):
+    while not mounts.is_mounted(str(target)):
         if proc.poll() is not None or time.monotonic() > deadline:
             _stop_process(proc.pid, exit_grace=0)
+            _remove_fuse_files(m, keep_log=True)
             raise AttachError(f"ceph-fuse did not mount {path} (exit {proc.poll()}); see {log}")
         time.sleep(0.05)
-    return CephFsMount("fuse", str(target), _fuse_client_address(asok), proc.pid, asok)
+    m.client_address = _fuse_client_address(asok)
+    return m
 
 
-def _asok_path(target: Path) -> str:
-    """The ceph-fuse admin socket beside the mount point, or, where that path would pass the
-    107-byte unix socket limit (kubelet's staging paths do), a short one keyed by it: an
-    admin socket that cannot bind leaves the client's address unknown."""
-    asok = str(target.parent / f".{target.name}.ceph-fuse.asok")
-    if len(asok.encode()) <= 100:
-        return asok
+def _fuse_files(target: Path, workdir: Path | None) -> tuple[str, Path]:
+    """ceph-fuse's admin socket and log, named after the mount point. The socket moves to a
+    short name in the temporary directory where its path would pass the 107-byte unix
+    socket limit (kubelet's staging paths do): a socket that cannot bind leaves the
+    client's address unknown. Both are removed on unmount (`_remove_fuse_files`)."""
     digest = hashlib.sha256(str(target).encode()).hexdigest()[:20]
-    return str(Path(tempfile.gettempdir()) / f"berth-cephfs-{digest}.asok")
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        asok, log = workdir / f"cephfs-{digest}.asok", workdir / f"cephfs-{digest}.log"
+    else:
+        asok, log = target.parent / f".{target.name}.ceph-fuse.asok", target.parent / f".{target.name}.ceph-fuse.log"
+    if len(str(asok).encode()) > 100:
+        asok = Path(tempfile.gettempdir()) / f"berth-cephfs-{digest}.asok"
+    return str(asok), log
+
+
+def _remove_fuse_files(m: CephFsMount, *, keep_log: bool) -> None:
+    for path in (m.asok, None if keep_log else m.log):
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def _fuse_client_address(asok: str) -> str | None:
-    proc = _run(["ceph", "--admin-daemon", asok, "status"], check=False, timeout=10)
+    proc = run("ceph", "--admin-daemon", asok, "status", check=False, timeout=10)
     try:
         status = json.loads(proc.stdout)
     except ValueError:
@@ -424,20 +387,13 @@ def unmount_cephfs(m: CephFsMount, *, fenced: bool = False) -> None:
         _unmount_fuse(m.target)
         if m.pid:
             _stop_process(m.pid, exit_grace=0.5 if fenced else 10.0)
+        # A killed ceph-fuse leaves its admin socket behind; keep a fenced one's log.
+        _remove_fuse_files(m, keep_log=fenced)
     else:
-        unmount(m.target)
+        unmount(m.target, fenced=fenced)
 
 
 # -- a sweep for tests and crash recovery --------------------------------------------------
-
-
-def _mounts() -> list[tuple[str, str, str]]:
-    out = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 3:
-            out.append((parts[0], parts[1].replace("\\040", " "), parts[2]))
-    return out
 
 
 def sweep(conf: Path) -> None:
@@ -447,7 +403,7 @@ def sweep(conf: Path) -> None:
     systems on loops over their files, the loops and the fuse mounts go without hanging."""
     ours: dict[str, int] = {}  # fuse mount point -> pid
     pids: list[int] = []
-    mountpoints = {m[1] for m in _mounts()}
+    mountpoints = {m.target for m in mounts.table()}
     for proc_dir in Path("/proc").iterdir():
         if not proc_dir.name.isdigit():
             continue
@@ -464,18 +420,17 @@ def sweep(conf: Path) -> None:
                 ours[a] = int(proc_dir.name)
     loops = []
     for dev in Path("/sys/block").glob("loop*"):
-        backing = _loop_backing(f"/dev/{dev.name}")
-        if backing and any(backing.startswith(mp.rstrip("/") + "/") for mp in ours):
-            loops.append(f"/dev/{dev.name}")
+        info = host.loop(f"/dev/{dev.name}")
+        if info and any(info.backing.startswith(mp.rstrip("/") + "/") for mp in ours):
+            loops.append(info.device)
     for pid in pids:
         _stop_process(pid, exit_grace=0, term_grace=0)
-    for source, target, _ in _mounts():
-        if source in loops:
-            with contextlib.suppress(AttachError):
-                unmount(target)
     for loop in loops:
-        with contextlib.suppress(AttachError):
-            _run(["losetup", "-d", loop], check=False)
+        for m in mounts.mounts_of(loop):
+            with contextlib.suppress(HostCommandError):
+                unmount(m.target, fenced=True)
+        with contextlib.suppress(HostCommandError):
+            host.detach_loop(loop)
     for mp in ours:
-        with contextlib.suppress(AttachError):
+        with contextlib.suppress(HostCommandError):
             _unmount_fuse(mp)

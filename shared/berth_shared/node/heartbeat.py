@@ -1,9 +1,12 @@
 """The node side of liveness and fencing, shared by the node agent and the CSI node service.
 
-A node heartbeats to the attacher (`berth.attacher.node.heartbeat`) with what it holds.
-When the reply says it is fenced, it stops staging the volumes the fence took away
-(`blocked`), and once the fence has completed it drops every stale mount and asks to be
-unfenced (`berth.attacher.node.unfence`) with what it still holds, which must be nothing.
+A node heartbeats to the attacher (`berth.attacher.node.heartbeat`) with what it holds and
+its boot id. When the reply says it is fenced, it stops staging the volumes the fence took
+away (`blocked`), and once the fence has completed it drops every stale mount and asks to
+be unfenced (`berth.attacher.node.unfence`) with what it still holds, which must be
+nothing, and its boot id: the attacher unfences a node on its own word only once the node
+has also restarted since the fence (its kernel's boot id changed), so a node that was
+merely partitioned stays fenced until it reboots or an admin vouches for it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from berth_shared.bus import Bus
 from berth_shared.errors import BerthError
@@ -23,6 +27,19 @@ log = logging.getLogger(__name__)
 
 StagedFn = Callable[[], Sequence[StagedVolume]]
 DropFn = Callable[[], Awaitable[None]]
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+# Refusals a node cannot cure without a restart or an admin: it stops asking until then.
+FINAL_REFUSALS = frozenset({"node_not_restarted", "unfence_needs_admin"})
+
+
+def read_boot_id(path: Path = BOOT_ID_FILE) -> str:
+    """This machine's boot id: the kernel draws a new one at every boot. Where there is none
+    (not Linux), one per process, which still changes with every restart."""
+    try:
+        return path.read_text().strip() or uuid.uuid4().hex
+    except OSError:
+        log.warning("no boot id at %s: using one per process", path)
+        return uuid.uuid4().hex
 
 
 class NodeHeartbeat:
@@ -51,12 +68,14 @@ class NodeHeartbeat:
         self.drop = drop
         self.interval_s = interval_s
         self.zone = zone
-        # Changes when the process restarts: the attacher learns the node came back.
-        self.boot_id = boot_id or uuid.uuid4().hex
+        # The kernel's boot id (see `read_boot_id`): how the attacher knows the node restarted.
+        self.boot_id = boot_id or read_boot_id()
         self.fenced = False
         # Volumes the fence took away: never (re-)staged until the node is unfenced.
         self.blocked: frozenset[str] = frozenset()
         self.last_reply: HeartbeatReply | None = None
+        # Why the attacher last refused to unfence this node (None: it did not).
+        self.unfence_refused: str | None = None
         # Monotonic time of the last answered heartbeat: how fresh the node's view of its fence is.
         self.last_ok: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -90,11 +109,16 @@ class NodeHeartbeat:
         if not reply.fenced:
             self.fenced = False
             self.blocked = frozenset()
+            self.unfence_refused = None
         return reply
 
     async def recover(self) -> None:
-        """After a fence: drop every stale mount, then prove it by asking to be unfenced."""
+        """After a fence: drop every stale mount, then prove it by asking to be unfenced.
+        Refused for a reason only a restart or an admin can cure, it does not ask again:
+        it heartbeats, fenced and holding nothing, until an admin unfences it."""
         await self.drop()
+        if self.unfence_refused in FINAL_REFUSALS:
+            return
         left = [s.model_dump() for s in self.staged()]
         try:
             await self.bus.request(
@@ -103,8 +127,10 @@ class NodeHeartbeat:
                 token=self.token,
             )
         except BerthError as exc:
-            log.info("unfence refused for %s: %s", self.node_id, exc.detail)
+            self.unfence_refused = exc.reason
+            log.warning("unfence refused for %s: %s", self.node_id, exc.detail)
             return
+        self.unfence_refused = None
         self.fenced = False
         self.blocked = frozenset()
 

@@ -1,80 +1,54 @@
-"""This host's block devices and mounts: loop devices, file systems, mount table, and the
-file-system shutdown that fences a mount (every later I/O fails with EIO)."""
+"""This host's block devices: loop devices over files, and the file systems on devices
+(detect, format once, grow). Mounts are in `mounts`, the host tools' runner in `run`, the
+file backend's storage-side cut in `cutoff`. Everything here is synchronous and bounded
+(see `run`); async callers go through `berth_shared.node.staging`."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import glob
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from berth_shared.errors import BerthError, FailedPrecondition
+from berth_shared.errors import FailedPrecondition
+from berth_shared.node import mounts
+from berth_shared.node.run import HostCommandError, run
 
-FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32), honoured by ext4, xfs and f2fs
-FS_GOING_FLAGS_NOLOGFLUSH = 0x2  # stop at once: nothing more reaches the device
-
-
-class HostCommandError(BerthError):
-    code = "internal"
-    status = 500
-    title = "Host command failed"
-
-
-async def run(*argv: str, check: bool = True) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    text = out.decode(errors="replace").strip()
-    if check and proc.returncode != 0:
-        raise HostCommandError(f"{argv[0]} failed ({proc.returncode}): {text[:300]}")
-    return proc.returncode or 0, text
+FILESYSTEMS = ("ext4", "xfs")
+is_mounted = mounts.is_mounted  # for the attacher's tests, until they use `mounts`
 
 
 @dataclass(frozen=True)
-class Mount:
-    source: str
-    target: str
-    fstype: str
-    options: str
+class Loop:
+    device: str  # /dev/loopN
+    backing: str  # the backing file, as the kernel names it (" (deleted)" removed)
+    autoclear: bool  # detached already, gone once its last user lets go (what a fence leaves)
 
 
-def mounts() -> list[Mount]:
-    """The mount table (from /proc/self/mountinfo, which shows every bind mount)."""
-    found: list[Mount] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            fstype, source = right.split()[:2]
-            found.append(Mount(source=source, target=_unescape(fields[4]), fstype=fstype, options=fields[5]))
-    return found
+def _sysfs(device: str, name: str) -> str | None:
+    with contextlib.suppress(OSError):
+        return Path(f"/sys/block/{os.path.basename(device)}/{name}").read_text().strip()
+    return None
 
 
-def _unescape(path: str) -> str:
-    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def mounts_of(device: str) -> list[Mount]:
-    return [m for m in mounts() if m.source == device]
-
-
-def is_mounted(target: str) -> bool:
-    real = os.path.realpath(target)
-    return any(m.target == real for m in mounts())
+def loop(device: str) -> Loop | None:
+    """What backs a loop device (None: not a loop device, or not bound to anything)."""
+    backing = _sysfs(device, "loop/backing_file")
+    if backing is None:
+        return None
+    return Loop(device, backing.removesuffix(" (deleted)"), _sysfs(device, "loop/autoclear") == "1")
 
 
 def loops_backed_by(path: Path) -> list[str]:
-    """Loop devices whose backing file is `path` (read from sysfs: no losetup per call)."""
+    """Every loop device whose backing file is `path` (read from sysfs: no losetup per call),
+    those a fence detached but a process still holds included."""
     want = str(path.resolve())
     found = []
     for bf in glob.glob("/sys/block/loop*/loop/backing_file"):
-        with contextlib.suppress(OSError), open(bf) as f:
-            backing = f.read().strip()
-            if backing.removesuffix(" (deleted)") == want:
-                found.append("/dev/" + bf.split("/")[3])
+        info = loop("/dev/" + bf.split("/")[3])
+        if info is not None and info.backing == want:
+            found.append(info.device)
     return sorted(found)
 
 
@@ -82,100 +56,40 @@ def loop_devices_available() -> bool:
     return os.path.exists("/dev/loop-control") and os.geteuid() == 0
 
 
-async def attach_loop(path: Path) -> str:
-    """Attach `path` to a loop device, reusing one already backed by it (idempotent)."""
-    existing = loops_backed_by(path)
-    if existing:
-        return existing[0]
-    _, out = await run("losetup", "--find", "--show", str(path))
-    return out.splitlines()[-1].strip()
-
-
-async def detach_loop(device: str) -> None:
-    code, out = await run("losetup", "-d", device, check=False)
-    if code != 0 and "No such device" not in out and "No such device or address" not in out:
-        raise HostCommandError(f"losetup -d {device} failed: {out[:200]}")
-
-
-async def filesystem_of(device: str) -> str | None:
-    code, out = await run("blkid", "-p", "-o", "value", "-s", "TYPE", device, check=False)
-    return out.strip() or None if code == 0 else None
-
-
-async def format_if_blank(device: str, fstype: str) -> bool:
-    """mkfs only a device that carries no file system: never wipe data. True if formatted."""
-    if fstype not in ("ext4", "xfs"):
-        raise FailedPrecondition(f"unsupported file system {fstype!r}; use ext4 or xfs")
-    current = await filesystem_of(device)
-    if current:
-        if current != fstype:
-            raise FailedPrecondition(f"{device} already holds {current}, not {fstype}", reason="fs_type_mismatch")
-        return False
-    args = ["mkfs.ext4", "-q", "-F", device] if fstype == "ext4" else ["mkfs.xfs", "-q", "-f", device]
-    await run(*args)
-    return True
-
-
-async def mount(source: str, target: str, *, fstype: str | None = None, options: list[str] | None = None) -> None:
-    os.makedirs(target, exist_ok=True)
-    if is_mounted(target):
-        return
-    argv = ["mount"]
-    if fstype:
-        argv += ["-t", fstype]
-    if options:
-        argv += ["-o", ",".join(options)]
-    await run(*argv, source, target)
-
-
-async def bind_mount(source: str, target: str, *, readonly: bool) -> None:
-    if is_mounted(target):
-        return
-    if os.path.isdir(source):
-        os.makedirs(target, exist_ok=True)
-    else:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).touch(exist_ok=True)
-    await run("mount", "--bind", source, target)
-    if readonly:
-        await run("mount", "-o", "remount,bind,ro", target)
-
-
-async def umount(target: str, *, lazy: bool = False) -> None:
-    if not is_mounted(target):
-        return
-    await run("umount", *(["-l"] if lazy else []), target)
-
-
-def shutdown_filesystem(mountpoint: str) -> None:
-    """Cut a mounted file system off its device: every later read/write fails with EIO."""
-    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_FLAGS_NOLOGFLUSH))
-    finally:
-        os.close(fd)
-
-
-async def cut_off_file(path: Path) -> list[str]:
-    """Fence every use of a backing file on this host: shut down the file systems mounted
-    from its loop devices, lazily unmount them, detach the loops. Returns what was cut."""
-    cut: list[str] = []
+def attach_loop(path: Path, *, direct_io: bool = False, readonly: bool = False) -> str:
+    """A loop device over `path`: one already bound to it (a retried stage) if it is live,
+    else a new one. A loop that a fence detached (autoclear) is never reused: its file
+    system, if some process still pins it, is shut down, and mounting that device again
+    would hand the next user the dead file system instead of a fresh one."""
     for device in loops_backed_by(path):
-        device_mounts = mounts_of(device)
-        if device_mounts:
-            with contextlib.suppress(OSError):  # already shut down, or not a shutdown-capable fs
-                await asyncio.to_thread(shutdown_filesystem, device_mounts[0].target)
-        for m in sorted(device_mounts, key=lambda m: len(m.target), reverse=True):
-            await umount(m.target, lazy=True)
-            cut.append(m.target)
-        await detach_loop(device)
-        cut.append(device)
-    return cut
+        info = loop(device)
+        if info is not None and not info.autoclear:
+            return device
+    argv = ["losetup", "--find", "--show"]
+    if direct_io:
+        # The loop device then keeps no second page cache of the file: a write that returned
+        # has reached the backing store (a fenced network client fails at once).
+        argv.append("--direct-io=on")
+    if readonly:
+        argv.append("--read-only")
+    device = run(*argv, str(path)).stdout.strip().splitlines()[-1].strip()
+    if not readonly:
+        # A fence marks the devices it cuts read-only (BLKROSET, see `cutoff`), and the
+        # kernel keeps that mark on the device number when the loop is freed and reused.
+        run("blockdev", "--setrw", device)
+    return device
 
 
-async def refresh_loop(device: str) -> None:
+def detach_loop(device: str) -> None:
+    """Detach (idempotent). A device still in use is only marked to go when released."""
+    done = run("losetup", "-d", device, check=False)
+    if done.returncode != 0 and "No such device" not in done.output:
+        raise HostCommandError(f"losetup -d {device} failed: {done.output[:200]}")
+
+
+def refresh_loop(device: str) -> None:
     """Make a loop device see its backing file's new size (after the file grew)."""
-    await run("losetup", "-c", device)
+    run("losetup", "-c", device)
 
 
 def device_size(device: str) -> int:
@@ -185,11 +99,68 @@ def device_size(device: str) -> int:
         return int(f.read().strip()) * 512
 
 
-async def grow_filesystem(device: str, mountpoint: str, fstype: str) -> None:
-    """Grow a mounted file system online to fill its device (ext4: resize2fs, xfs: xfs_growfs)."""
-    if fstype == "xfs":
-        await run("xfs_growfs", mountpoint)
-    elif fstype in ("ext4", "ext3", "ext2"):
-        await run("resize2fs", device)
+def filesystem_of(device: str) -> str | None:
+    done = run("blkid", "-p", "-o", "value", "-s", "TYPE", device, check=False, timeout=30)
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def format_if_blank(device: str, fstype: str) -> bool:
+    """mkfs only a device that carries no file system: never wipe data. True if formatted.
+    No discard: the device is blank already, and a discard over a network block device
+    (rbd-fuse) costs minutes."""
+    if fstype not in FILESYSTEMS:
+        raise FailedPrecondition(f"unsupported file system {fstype!r}; use ext4 or xfs")
+    current = filesystem_of(device)
+    if current:
+        if current != fstype:
+            raise FailedPrecondition(f"{device} already holds {current}, not {fstype}", reason="fs_type_mismatch")
+        return False
+    if fstype == "ext4":
+        run("mkfs.ext4", "-q", "-F", "-E", "nodiscard", device, timeout=120)
     else:
+        run("mkfs.xfs", "-q", "-f", "-K", device, timeout=120)
+    return True
+
+
+def readonly_options(fstype: str) -> list[str]:
+    """Mount options that guarantee a read-only mount writes nothing, not even a journal
+    replay (another node may own the volume's writes)."""
+    return ["ro", "norecovery"] if fstype == "xfs" else ["ro", "noload"]
+
+
+def mount_device(device: str, target: str, fstype: str, *, readonly: bool, options: list[str] | None = None) -> None:
+    """Mount a block device's file system at `target`, formatting it first only if it is
+    blank and the mount is writable (idempotent)."""
+    if readonly:
+        if filesystem_of(device) is None:
+            raise FailedPrecondition(f"{device} has no file system to mount readonly", reason="no_filesystem")
+        opts = readonly_options(fstype) + [o for o in options or [] if o not in ("rw", "ro")]
+    else:
+        format_if_blank(device, fstype)
+        opts = list(options or [])
+    mounts.mount(device, target, fstype=fstype, options=opts or None)
+
+
+def grow_filesystem(
+    device: str, mountpoint: str, fstype: str, *, in_use: bool, options: list[str] | None = None
+) -> None:
+    """Grow a mounted file system to fill its device (ext4: resize2fs, xfs: xfs_growfs),
+    online. Online ext4 growth needs CAP_SYS_RESOURCE; without it, a file system no pod
+    uses yet (kubelet expands right after staging) is grown offline instead, and mounted
+    again with `options`."""
+    if fstype == "xfs":
+        run("xfs_growfs", mountpoint, timeout=300)
+        return
+    if fstype not in ("ext4", "ext3", "ext2"):
         raise FailedPrecondition(f"cannot grow a {fstype} file system online", reason="fs_not_growable")
+    try:
+        run("resize2fs", device, timeout=300)
+    except HostCommandError as exc:
+        if fstype != "ext4" or "Permission denied" not in exc.detail or in_use:
+            raise
+        mounts.umount(mountpoint)
+        fsck = run("e2fsck", "-f", "-p", device, check=False, timeout=300)
+        if fsck.returncode > 1:  # 1: errors corrected
+            raise HostCommandError(f"e2fsck of {device} failed ({fsck.returncode}): {fsck.output[:300]}") from exc
+        run("resize2fs", device, timeout=300)
+        mounts.mount(device, mountpoint, fstype=fstype, options=options or None)

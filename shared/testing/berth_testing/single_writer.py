@@ -21,7 +21,8 @@ import httpx
 from berth_attacher.agent import Held, NodeAgent
 from berth_shared.errors import Aborted, DeadlineExceeded, FailedPrecondition, Unavailable
 from berth_shared.messages.attacher import PREFIX
-from berth_shared.node import host
+from berth_shared.node import host, mounts
+from berth_shared.node.cutoff import cut_off_file
 from berth_testing.polling import eventually
 
 
@@ -65,11 +66,15 @@ class InvariantChecker:
 
     def live_mounts(self) -> set[str]:
         """Nodes whose mount point for the volume is mounted (any source counts: strict)."""
-        targets = {m.target for m in host.mounts()}
+        targets = {m.target for m in mounts.table()}
         return {node for node, mp in self.mount_points.items() if os.path.realpath(mp) in targets}
 
     def loops(self) -> list[str]:
-        return list(host.loops_backed_by(self.volume_path))
+        """Live loop devices over the volume's file. One a fence detached (autoclear) but a
+        process still pins is not counted: its device is read-only and its file system shut
+        down, so nothing can write through it."""
+        live = [host.loop(d) for d in host.loops_backed_by(self.volume_path)]
+        return [info.device for info in live if info is not None and not info.autoclear]
 
     async def grants(self) -> list[str] | None:
         """Nodes holding an attached read-write grant, or None when the attacher does not answer."""
@@ -267,4 +272,4 @@ async def cleanup_host(agents: Iterable[NodeAgent], volume_paths: Iterable[Path]
                 await agent.release(volume_id)
     for path in volume_paths:
         with contextlib.suppress(Exception):
-            await host.cut_off_file(path)
+            await asyncio.to_thread(cut_off_file, path)

@@ -1,0 +1,83 @@
+"""`python -m berth_shared.node.fsdown /dev/loopN`: shut down the file system on a block
+device, wherever it is reachable from, and print the path it went through (nothing when
+the device carries no live file system).
+
+A child process of `cutoff`, run through the bounded runner: opening a path on a file
+system and the shutdown ioctl are kernel calls that a wedged device could make wait
+forever, and a thread stuck there could never be taken back from the fence.
+
+Where: the device's mounts in every mount namespace on the host (a CSI node pod's own
+namespace included), through `/proc/<pid>/root`; failing that, a file held open on it by
+any process (`/proc/<pid>/fd/<n>`), which reaches a file system that was lazily unmounted
+while files on it stayed open: it is still writable through them. The shutdown is per
+super block, so one path is enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import sys
+from collections.abc import Iterator
+
+from berth_shared.node import mounts
+
+FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32), honoured by ext4, xfs and f2fs
+FS_GOING_FLAGS_NOLOGFLUSH = 0x2  # stop at once: nothing more reaches the device
+
+
+def shutdown(path: str) -> None:
+    """Cut the file system holding `path` off its device: every later read or write on it
+    fails with EIO, through descriptors already open too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_FLAGS_NOLOGFLUSH))
+    finally:
+        os.close(fd)
+
+
+def handles(rdev: int) -> Iterator[str]:
+    """Paths into the file system on device `rdev`: mounts first, then open files. Files
+    on FUSE mounts are not looked at: a stat of one whose daemon is wedged never returns."""
+    fuse: set[int] = set()
+    for pid, table in mounts.every_namespace():
+        for m in table:
+            if m.device == rdev:
+                yield f"/proc/{pid}/root{m.target}"
+            if m.fstype.startswith("fuse"):
+                fuse.add(m.mount_id)
+    for proc in (p for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{proc}/fd"):
+                with contextlib.suppress(OSError, ValueError):
+                    if _mount_id(proc, fd) in fuse:
+                        continue
+                    path = f"/proc/{proc}/fd/{fd}"
+                    if os.stat(path).st_dev == rdev:
+                        yield path
+
+
+def _mount_id(pid: str, fd: str) -> int:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    return -1
+
+
+def main(device: str) -> int:
+    rdev = os.stat(device).st_rdev
+    for path in handles(rdev):
+        try:
+            shutdown(path)
+        except OSError:
+            continue  # gone meanwhile, or not a file system that can shut down: try the next
+        print(path)
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
