@@ -12,4 +12,7 @@ PKGS=(-e ./shared -e ./services/provisioner -e ./services/attacher -e ./services
 if [ "${1:-}" = "--dev" ]; then
   PKGS+=(-e ./shared/testing -r requirements-dev.txt)
 fi
-.venv/bin/python -m pip install -q "${PKGS[@]}"
+# The lock (deploy/constraints.txt) pins every library to what the images ship; the
+# setuptools notice that every editable install prints, once per package, is muted.
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore:Editable installation}"
+.venv/bin/python -m pip install -q -c deploy/constraints.txt "${PKGS[@]}"

@@ -48,13 +48,18 @@ class NatsServer:
         host: str = "127.0.0.1",
         log_file: Path | None = None,
         auth_conf: Path | None = None,
+        config: Path | None = None,
     ) -> None:
-        """`auth_conf`: the accounts and permissions (`berth_shared.natsauth`); None: open."""
+        """`auth_conf`: the accounts and permissions (`berth_shared.natsauth`) to include;
+        `config`: a whole config file instead (JetStream and its store as it says; address
+        and port from here);
+        neither: an open server."""
         self.host = host
         self.port = port or free_port()
         self.store_dir = store_dir
         self.log_file = log_file or store_dir / "nats-server.log"
         self.auth_conf = auth_conf
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,8 +70,12 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if _listening(self.host, self.port):
             raise RuntimeError(f"something already listens on {self.host}:{self.port}")
-        args = [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
-        if self.auth_conf is not None:
+        args = [nats_server_binary(), "-a", self.host, "-p", str(self.port)]
+        if self.config is not None:  # JetStream and its store as the file says
+            args += ["-c", str(self.config)]
+        else:
+            args += ["-js", "-sd", str(self.store_dir)]
+        if self.config is None and self.auth_conf is not None:
             config = self.store_dir / "nats-server.conf"
             # nats-server resolves an include against the including file's directory, always.
             included = os.path.relpath(self.auth_conf.resolve(), self.store_dir.resolve())

@@ -1,13 +1,15 @@
-"""The NATS auth material of one installation, kept in one directory (`berth nats init`;
-`berth up` keeps it in `.berth/nats/auth/`):
+"""The NATS auth material of one installation, kept in one directory (`berth nats init`,
+`python -m berth_shared.natsauth`; `berth up` keeps it in `.berth/nats-auth/`), laid out by
+who reads what, so that each part mounts only its own sub-directory:
 
-- `auth.conf`: the operator JWT, the system account, the two accounts' JWTs preloaded
-  (MEMORY resolver); nats-server `include`s it;
-- `creds/<identity>.creds`: one user per service, `csi`, `node` and `admin`, with the
-  contract's permissions; each for that identity only;
-- `tenant-issuer.json`: the account's public key and the *scoped* signing key that can only
-  mint tenant subscribers; for the service that issues tenant credentials;
-- `keys/*.nk`: the operator and account seeds; nobody needs them at run time (keep offline).
+- `server/auth.conf`: the operator JWT, the system account, the two accounts' JWTs
+  preloaded (MEMORY resolver); nats-server `include`s it;
+- `<identity>/nats.creds`: one user per service, `csi`, `node` and `admin`, with the
+  contract's permissions;
+- `provisioner/tenant-issuer.json`: the account's public key and the *scoped* signing key
+  that can only mint tenant subscribers (the provisioner issues tenants' credentials);
+- `keys/*.nk`: the operator and account seeds; nothing reads them at run time (keep them
+  offline: they re-issue everything).
 
 Re-running keeps every key (so issued credentials stay valid) and rewrites the JWTs and
 `auth.conf`, e.g. after a change of the events stream's name.
@@ -30,6 +32,7 @@ from berth_shared.natsauth.contract import (
 from berth_shared.natsauth.nkeyjwt import NKey, creds_text, encode_jwt, write_secret
 
 ACCOUNT = "BERTH"
+ISSUER = "provisioner"  # the service that issues tenants' event-subscriber credentials
 SYSTEM_ACCOUNT = "SYS"
 UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True, "conn": -1}
 JETSTREAM = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
@@ -68,14 +71,14 @@ class AuthMaterial:
 
     @property
     def auth_conf(self) -> Path:
-        return self.dir / "auth.conf"
+        return self.dir / "server" / "auth.conf"
 
     @property
     def issuer_file(self) -> Path:
-        return self.dir / "tenant-issuer.json"
+        return self.dir / ISSUER / "tenant-issuer.json"
 
     def creds(self, identity: str) -> Path:
-        return self.dir / "creds" / f"{identity}.creds"
+        return self.dir / identity / "nats.creds"
 
     def _key(self, name: str, role: str) -> NKey:
         path = self.dir / "keys" / f"{name}.nk"
