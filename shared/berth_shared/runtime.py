@@ -87,7 +87,7 @@ async def run_runtime(
     db = await make_database(settings.db_url, settings.schema_name)
     await upgrade(db, migrations)
     bus = await Bus.connect(settings.nats_url, settings.service, creds=settings.nats_creds)
-    await bus.ensure_events_stream(settings.events_stream)
+    await bus.ensure_events_stream(settings.events_stream, replicas=settings.events_stream_replicas)
     commands = CommandServer(bus, validator, metrics, default_timeout=settings.command_timeout_s)
     relay = OutboxRelay(db, tables, bus, metrics, poll_interval=settings.outbox_poll_interval_s)
     rt = Runtime(settings, metrics, validator, db, tables, bus, commands, relay)

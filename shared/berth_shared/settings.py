@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     events_stream: str = "BERTH_EVENTS"
+    # JetStream replicas of the events stream: 3 on a production NATS cluster (deploy/k8s).
+    events_stream_replicas: int = Field(default=1, ge=1, le=5)
     # How long a bus command may run before the caller gets ABORTED; the operation goes on.
     command_timeout_s: float = Field(default=10.0, gt=0)
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
