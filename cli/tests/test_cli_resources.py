@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from fastapi import FastAPI
 from typer.testing import CliRunner, Result
 
 from berth_cli.main import app
@@ -23,30 +21,6 @@ from berth_shared.auth import ensure_token_file
 from berth_shared.natsserver import free_port
 from berth_shared.settings import Settings
 from berth_testing import Tenants
-
-
-@contextmanager
-def serve(settings: Settings, timeout: float = 30.0) -> Iterator[str]:
-    """The provisioner app in a uvicorn server on a background thread; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="provisioner", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the provisioner did not start (see the log above)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise TimeoutError(f"the provisioner not started after {timeout}s")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
-        assert not thread.is_alive(), "the provisioner did not stop"
 
 
 @dataclass
@@ -70,17 +44,18 @@ class Cli:
 
 
 @pytest.fixture
-def start_cli(make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path) -> Iterator[Callable[..., Cli]]:
+def start_cli(
+    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, serve_app: Callable[[FastAPI], str]
+) -> Iterator[Callable[..., Cli]]:
     """Serve the provisioner (settings overridable) and give a CLI driver pointed at it."""
-    with ExitStack() as stack:
 
-        def start(**overrides: Any) -> Cli:
-            url = stack.enter_context(serve(make_settings("provisioner", **overrides)))
-            data_dir = tmp_path / "cli-data"
-            data_dir.mkdir(exist_ok=True)
-            return Cli(url, data_dir, tenants, CliRunner())
+    def start(**overrides: Any) -> Cli:
+        url = serve_app(create_app(make_settings("provisioner", **overrides)))
+        data_dir = tmp_path / "cli-data"
+        data_dir.mkdir(exist_ok=True)
+        return Cli(url, data_dir, tenants, CliRunner())
 
-        yield start
+    yield start
 
 
 @pytest.fixture
