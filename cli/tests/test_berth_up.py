@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 
 from berth_csi.server import probe
@@ -169,6 +171,23 @@ def start_up(tmp_path: Path) -> Iterator[Callable[[], Up]]:
             up.kill()
 
 
+async def read_events(url: str, creds: Path, issued: dict[str, str]) -> list[tuple[str, str]]:
+    """Connect anonymously (refused), then with the tenant's credentials: its events."""
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+    nc = await nats.connect(url, user_credentials=str(creds), inbox_prefix=issued["inbox_prefix"])
+    try:
+        sub = await nc.jetstream().pull_subscribe(
+            issued["filter_subject"], durable=issued["consumer"], stream=issued["stream"]
+        )
+        msgs = await sub.fetch(10, timeout=10)
+        for msg in msgs:
+            await msg.ack()
+        return [(m.subject, json.loads(m.data)["subject"]) for m in msgs]
+    finally:
+        await nc.close()
+
+
 def assert_stopped_cleanly(up: Up) -> None:
     assert up.interrupt() == 0, up.output
     assert "stopped." in up.output
@@ -230,6 +249,18 @@ def test_berth_up_serves_stops_cleanly_and_keeps_data(start_up: Callable[[], Up]
     assert resp.status_code == 201, resp.text
     volume = resp.json()
     assert volume["status"] == "available"
+
+    # NATS permissions are on: no one connects without credentials; the demo tenant's
+    # subscriber credentials (berth events credentials) read its own events.
+    creds = up.data_dir.parent / "demo.creds"
+    issued = subprocess.run(
+        [BERTH, "events", "credentials", "--out", str(creds), "--json"],
+        capture_output=True, text=True, timeout=60, env=clean_env(), cwd=elsewhere,
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    assert asyncio.run(read_events(f"nats://127.0.0.1:{up.ports['nats']}", creds, json.loads(issued.stdout))) == [
+        ("berth.events.demo.volume.created", volume["id"])
+    ]
 
     t1 = time.monotonic()
     assert_stopped_cleanly(up)

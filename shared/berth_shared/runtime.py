@@ -140,6 +140,10 @@ def build_app(
         return {"bus": bool(rt and rt.bus.connected), "db": rt is not None}
 
     install_http_basics(app, metrics=metrics_proxy, ready=ready)  # type: ignore[arg-type]
+    if settings.nats_tenant_issuer is not None:
+        from berth_shared.natsauth.http import event_credentials_router  # loaded only where served
+
+        app.include_router(event_credentials_router(settings.nats_tenant_issuer))
     return app
 
 
