@@ -182,7 +182,15 @@ def test_a_storage_class_per_volume_type_and_a_snapshot_class() -> None:
 
 
 def test_least_privilege_rbac() -> None:
-    roles = by_kind(render("production"), "ClusterRole")
+    prod = render("production")
+    deployments = by_kind(prod, "Deployment")
+    attacher_env = {e["name"]: e.get("value") for e in containers(deployments["berth-attacher"])["attacher"]["env"]}
+    assert attacher_env["BERTH_KUBE_API_URL"] == "https://kubernetes.default.svc", "it taints through its account"
+    watcher_env = {e["name"]: e.get("value") for e in containers(deployments["berth-watcher"])["watcher"]["env"]}
+    assert watcher_env["BERTH_KUBECONFIGS"] == "in-cluster"
+    for service in ("attacher", "watcher"):
+        assert deployments[f"berth-{service}"]["spec"]["template"]["spec"]["serviceAccountName"] == f"berth-{service}"
+    roles = by_kind(prod, "ClusterRole")
     attacher = roles["berth-attacher"]["rules"]
     assert attacher == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]}]
     watcher_verbs = {v for rule in roles["berth-watcher"]["rules"] for v in rule["verbs"]}
