@@ -46,8 +46,11 @@ RUN set -eu; \
       apt-get update; apt-get install -y --no-install-recommends ${pkgs}; rm -rf /var/lib/apt/lists/*; \
     fi; \
     useradd --system --uid 10001 --user-group --home-dir /var/lib/berth --no-create-home berth; \
-    mkdir -p /var/lib/berth /var/lib/berth-tokens /var/lib/berth-nats; \
-    chown berth:berth /var/lib/berth /var/lib/berth-tokens /var/lib/berth-nats
+    # Where volumes mount, owned by the service's user: a new named volume takes the owner
+    # of the image's directory (compose's init job writes the last two for Grafana and
+    # Prometheus).
+    dirs="/var/lib/berth /var/lib/berth-tokens /var/lib/berth-nats /var/lib/berth-dashboards /var/lib/berth-prometheus"; \
+    mkdir -p ${dirs}; chown berth:berth ${dirs}
 COPY --from=build /opt/berth /opt/berth
 ENV PATH=/opt/berth/bin:${PATH} \
     PYTHONUNBUFFERED=1 \

@@ -74,6 +74,19 @@ def test_each_service_mounts_only_its_own_nats_credentials(config: dict[str, Any
     )
 
 
+def test_berth_containers_can_write_their_volumes(config: dict[str, Any]) -> None:
+    """A fresh named volume takes the owner of the image's directory at its mount point: each
+    one a Berth container (uid 10001) writes must be made and chowned by the Dockerfile."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    made = set(dockerfile.split('dirs="', 1)[1].split('"', 1)[0].split())
+    for name, svc in config["services"].items():
+        if "build" not in svc:
+            continue
+        for vol in volumes_of(svc):
+            if vol["type"] == "volume" and not vol.get("read_only"):
+                assert vol["target"] in made, f"{name}: {vol['target']} would be root's, unwritable"
+
+
 def test_every_bind_mount_exists_in_the_repository(config: dict[str, Any]) -> None:
     for name, svc in config["services"].items():
         for vol in volumes_of(svc):
