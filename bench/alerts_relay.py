@@ -120,6 +120,7 @@ class Service:
 class Load:
     acked_at: dict[str, float] = field(default_factory=dict)  # fingerprint -> first ack
     ack_times: list[float] = field(default_factory=list)  # one per acknowledged POST
+    rtts: list[float] = field(default_factory=list)  # POST to its acknowledgement, retries included
     start: float = 0.0
     posts: int = 0
     failed_posts: int = 0
@@ -142,6 +143,7 @@ async def drive(
 
         async def post(alerts: list[dict[str, Any]], fps: list[str]) -> None:
             body = json.dumps(alerts).encode()
+            began = time.monotonic()
             while True:
                 try:
                     r = await client.post(url, content=body, headers={**headers, "Content-Type": "application/json"})
@@ -149,6 +151,7 @@ async def drive(
                     if r.status_code == 200:
                         now = time.monotonic()
                         load.ack_times.append(now)
+                        load.rtts.append(now - began)
                         for fp in fps:
                             load.acked_at.setdefault(fp, now)
                         return
@@ -202,9 +205,10 @@ def arrivals(messenger: Messenger) -> tuple[dict[str, float], int]:
     first: dict[str, float] = {}
     total = 0
     for r in messenger.received:
-        for a in r.body.get("alerts", []):
+        # Berth's webhook messages carry fingerprints; the baseline's raw arrays do not.
+        for a in r.body if isinstance(r.body, list) else r.body.get("alerts", []):
             total += 1
-            first.setdefault(a["fingerprint"], r.at)
+            first.setdefault(a.get("fingerprint") or fingerprint(a["labels"]), r.at)
     return first, total
 
 
@@ -237,6 +241,8 @@ def report(
         "delivered_total": total,
         "duplicates": total - len(first),
         "duplicate_pct": round(100 * (total - len(first)) / max(1, len(first)), 4),
+        "ack_p50_ms": round(1000 * pct(load.rtts, 0.5), 1),
+        "ack_p99_ms": round(1000 * pct(load.rtts, 0.99), 1),
         "p50_s": round(pct(lat, 0.5), 3),
         "p99_s": round(pct(lat, 0.99), 3),
         "max_s": round(max(lat or [0]), 3),
@@ -417,4 +423,6 @@ async def drop_schema(url: str, schema: str) -> None:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a timeout, a person): unwind through main's `finally`, stopping what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(asyncio.run(main()))

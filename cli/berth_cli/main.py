@@ -74,13 +74,14 @@ def tokens(
 
 def _register_resources() -> None:
     try:
-        from berth_cli import attachercmd, natscmd, resources, watchercmd
+        from berth_cli import alertscmd, attachercmd, natscmd, resources, watchercmd
     except ImportError:  # pragma: no cover - during bootstrap only
         return
     resources.register(app)
     attachercmd.register(app)
     natscmd.register(app)
     watchercmd.register(app)
+    alertscmd.register(app)
 
 
 _register_resources()

@@ -42,10 +42,17 @@ EVENT_RULES: tuple[tuple[str, EventRule], ...] = (
     ("io.berth.node.tainted", EventRule("NodeOutOfService", "warning")),
     ("io.berth.attachment.released", EventRule("VolumeFailover", "warning")),
     ("io.berth.attachment.conflict", EventRule("AttachConflict", "warning")),
+    # The watcher's findings are states: opened fires, resolved resolves (severity: the finding's).
+    ("io.berth.finding.opened", EventRule("StorageFinding", "warning", "firing")),
+    ("io.berth.finding.resolved", EventRule("StorageFinding", "warning", "resolved")),
+    ("io.berth.capacity.forecast", EventRule("CapacityForecast", "warning")),
+    ("io.berth.quarantine.created", EventRule("VolumeQuarantined", "warning")),
+    ("io.berth.quarantine.purged", EventRule("QuarantinePurged", "info")),
+    ("io.berth.qos.drift_repaired", EventRule("QosDriftRepaired", "info")),
+    ("io.berth.watcher_run.finished", EventRule("WatcherRun", "info")),
     ("io.berth.*.create_failed", EventRule(None, "warning")),
     ("io.berth.*.*_failed", EventRule(None, "warning")),
     ("io.berth.*.failed", EventRule(None, "warning")),
-    ("io.berth.watcher.*", EventRule(None, "warning")),
     ("io.berth.*.forecast*", EventRule(None, "warning")),
     ("io.berth.cluster.updated", EventRule(None, "info")),
 )
@@ -70,8 +77,8 @@ def rule_for(event: CloudEvent, overrides: list[EventSeverity]) -> EventRule:
             break
     data_severity = event.data.get("severity") if isinstance(event.data, dict) else None
     severity = found.severity if found else "info"
-    if (found is None or found.state is None) and isinstance(data_severity, str) and data_severity in SEVERITIES:
-        severity = data_severity
+    if isinstance(data_severity, str) and data_severity in SEVERITIES:
+        severity = data_severity  # the event says how bad it is (a finding, a forecast)
     for o in overrides:
         if fnmatch.fnmatchcase(t, o.type):
             return EventRule(
@@ -122,9 +129,9 @@ def event_alert(event: CloudEvent, overrides: list[EventSeverity], now: datetime
         "tenant": event.berthtenant,
         "source": "berth",
     }
-    scalars = _scalar_labels(data)
-    # A state alert keeps only labels its resolving event carries too (same fingerprint).
-    labels.update(scalars if rule.state is None else {k: v for k, v in scalars.items() if k == "node"})
+    # Identity fields only (node, cluster, volume, kind...): the resolving event of a state
+    # alert carries the same ones, so it has the same labels, the same fingerprint.
+    labels.update(_scalar_labels(data))
     if event.subject:
         labels["subject"] = event.subject[:256]
     if rule.state is None:
@@ -133,7 +140,8 @@ def event_alert(event: CloudEvent, overrides: list[EventSeverity], now: datetime
         labels["event"] = event.id
     started = event.time.astimezone(UTC) if event.time else now
     if rule.state == "resolved":
-        labels["severity"] = _firing_severity(rule.alertname, overrides)
+        if not isinstance(data.get("severity"), str):
+            labels["severity"] = _firing_severity(rule.alertname, overrides)
         return Alert(labels, _annotations(event, data), "resolved", started, started, "berth")
     oneshot = rule.state is None
     return Alert(

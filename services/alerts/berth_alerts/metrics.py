@@ -54,16 +54,6 @@ class AlertMetrics:
             "berth_alerts_queue_depth", "Notifications waiting to be delivered", ["receiver"], registry=r
         )
         self.firing = Gauge("berth_alerts_firing", "Alerts firing now, by severity", ["severity"], registry=r)
-        # From the provisioner's cluster events (registered, updated): the last figures told.
-        self.cluster_capacity = Gauge(
-            "berth_alerts_cluster_capacity_gib", "Cluster capacity, as its last event told", ["cluster"], registry=r
-        )
-        self.cluster_provisioned = Gauge(
-            "berth_alerts_cluster_provisioned_gib",
-            "Cluster provisioned size, as its last event told",
-            ["cluster"],
-            registry=r,
-        )
         self.dashboard_syncs = Counter(
             "berth_alerts_dashboard_syncs",
             "Dashboard pushes by Grafana instance and outcome",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from berth_alerts import tables as t
 from berth_alerts.grouping import collapse, payload_status
@@ -60,15 +60,6 @@ async def claim(
             )
         )
         open_ = or_(d_.state == "pending", and_(d_.state == "sending", d_.claim_until < now))
-        rows = (
-            await s.execute(
-                select(t.deliveries)
-                .where(d_.receiver == receiver, open_)
-                .order_by(d_.id)
-                .limit(max(limit * 8, 200))
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
         busy = set(
             (
                 await s.execute(
@@ -76,18 +67,32 @@ async def claim(
                 )
             ).scalars()
         )
-        by_group: dict[str, list[Any]] = {}
-        for r in rows:
-            by_group.setdefault(r.group_id, []).append(r)
+        # The groups whose oldest open notification is due, oldest first (no payloads read yet).
+        heads = (
+            await s.execute(
+                select(d_.group_id, func.min(d_.next_attempt_at).label("due"), func.min(d_.id).label("first"))
+                .where(d_.receiver == receiver, open_)
+                .group_by(d_.group_id)
+                .order_by(func.min(d_.id))
+                .limit(limit + len(busy))
+            )
+        ).all()
+        groups = [h.group_id for h in heads if h.group_id not in busy and h.due <= now][:limit]
         chosen: list[Claimed] = []
         collapsed = 0
-        for gid, group_rows in by_group.items():
-            if gid in busy or len(chosen) >= limit:
-                continue
-            first = group_rows[0]
-            if first.next_attempt_at > now:
-                continue  # the oldest is backing off; the group waits with it
-            last = group_rows[-1]
+        for gid in groups:
+            # All of the group's backlog, locked: it becomes one notification of the latest state.
+            group_rows = (
+                await s.execute(
+                    select(t.deliveries)
+                    .where(d_.receiver == receiver, d_.group_id == gid, open_)
+                    .order_by(d_.id)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not group_rows:
+                continue  # another replica took it meanwhile
+            first, last = group_rows[0], group_rows[-1]
             pl, sent = last.payload, last.alerts_sent
             if len(group_rows) > 1:
                 # Parts of older ones already delivered are told again in the merged one.

@@ -128,21 +128,9 @@ class AlertsService:
             return
         alert = event_alert(event, self.routing.config.event_severities, now())
         await ingest(session, self.routing, [alert], now())
-        self._cluster_gauges(event)
         self.metrics.bus_events.labels(base_type(event.type), alert.severity).inc()
         self.metrics.received.labels("berth", "new").inc()
         self.flush_wake.set()
-
-    def _cluster_gauges(self, event: CloudEvent) -> None:
-        data = event.data if isinstance(event.data, dict) else {}
-        name = data.get("name")
-        if base_type(event.type).startswith("io.berth.cluster.") and isinstance(name, str):
-            for key, gauge in (
-                ("capacity_gib", self.metrics.cluster_capacity),
-                ("provisioned_gib", self.metrics.cluster_provisioned),
-            ):
-                if isinstance(data.get(key), (int, float)):
-                    gauge.labels(name).set(float(data[key]))
 
     # -- background ---------------------------------------------------------------------
 

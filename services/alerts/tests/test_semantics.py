@@ -235,6 +235,25 @@ def test_bus_events_map_by_type_from_the_table() -> None:
     )
     f = event_alert(finding, [], NOW)
     assert f.labels["severity"] == "critical" and f.labels["alertname"] == "OrphanFound" and f.oneshot
+    finding = {"id": "fnd-1", "kind": "orphan_volume", "severity": "critical", "cluster_id": "c1", "summary": "leaked"}
+    opened = CloudEvent(
+        source="berth/watcher", type="io.berth.finding.opened.v1", subject="fnd-1", berthtenant="_system", data=finding
+    )
+    closed = CloudEvent(
+        source="berth/watcher",
+        type="io.berth.finding.resolved.v1",
+        subject="fnd-1",
+        berthtenant="_system",
+        data={**finding, "state": "resolved"},
+    )
+    o, c = event_alert(opened, [], NOW), event_alert(closed, [], NOW)
+    assert (o.labels["alertname"], o.labels["severity"], o.labels["cluster"], o.labels["kind"]) == (
+        "StorageFinding",
+        "critical",
+        "c1",
+        "orphan_volume",
+    )
+    assert c.status == "resolved" and c.fp == o.fp and o.annotations["summary"] == "leaked"
     created = CloudEvent(source="berth/provisioner", type="io.berth.volume.created.v1", berthtenant="t", data={})
     assert event_alert(created, [], NOW).labels["severity"] == "info"
 
