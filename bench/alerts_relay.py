@@ -208,7 +208,7 @@ def arrivals(messenger: Messenger) -> tuple[dict[str, float], int]:
         # Berth's webhook messages carry fingerprints; the baseline's raw arrays do not.
         for a in r.body if isinstance(r.body, list) else r.body.get("alerts", []):
             total += 1
-            first.setdefault(a.get("fingerprint") or fingerprint(a["labels"]), r.at)
+            first.setdefault(a.get("fingerprint") or fingerprint(dict(a["labels"])), r.at)
     return first, total
 
 
