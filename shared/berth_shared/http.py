@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from berth_shared.auth import Principal, TokenValidator, bearer
+from berth_shared.auth import Principal, TokenValidator, request_token
 from berth_shared.bus.commands import validation_problem
 from berth_shared.errors import PROBLEM_BASE, BerthError
 from berth_shared.telemetry import Metrics
@@ -104,8 +104,9 @@ def install_http_basics(
 
 
 async def current_principal(request: Request) -> Principal:
-    """The caller, from `Authorization: Bearer`, checked by the service runtime's validator."""
-    token = bearer(request.headers.get("authorization"))
+    """The caller, from `Authorization: Bearer` or `X-Auth-Token`, checked by the service
+    runtime's validator."""
+    token = request_token(request.headers.get("authorization"), request.headers.get("x-auth-token"))
     validator: TokenValidator = request.app.state.rt.validator
     return await validator.validate(token)
 

@@ -18,7 +18,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from berth_shared.auth import (
+    CloudServiceCredentials,
     KeystoneTokenValidator,
+    ServiceCredentials,
     StaticTokenValidator,
     TokenValidator,
     ensure_token_file,
@@ -38,21 +40,50 @@ from berth_shared.telemetry import Metrics, configure_tracing
 log = logging.getLogger(__name__)
 
 
+def _cloud_credentials(settings: Settings) -> CloudServiceCredentials:
+    assert settings.keystone_cloud
+    return CloudServiceCredentials(settings.keystone_cloud, str(settings.clouds_file) if settings.clouds_file else None)
+
+
 def make_validator(settings: Settings) -> TokenValidator:
+    """Keystone when configured, and then only Keystone: the static token file (the
+    embedded default's development tokens) is not read at all."""
     if settings.auth_backend == "keystone":
-        if not settings.keystone_url or not settings.keystone_service_token:
-            raise ValueError("auth_backend=keystone needs BERTH_KEYSTONE_URL and BERTH_KEYSTONE_SERVICE_TOKEN")
-        return KeystoneTokenValidator(settings.keystone_url, settings.keystone_service_token.get_secret_value())
+        service: str | ServiceCredentials
+        if settings.keystone_cloud:
+            creds = _cloud_credentials(settings)
+            url, service = settings.keystone_url or creds.auth_url, creds
+        elif settings.keystone_url and settings.keystone_service_token:
+            url, service = settings.keystone_url, settings.keystone_service_token.get_secret_value()
+        else:
+            raise ValueError(
+                "auth_backend=keystone needs BERTH_KEYSTONE_CLOUD (a clouds.yaml cloud), or BERTH_KEYSTONE_URL "
+                "and BERTH_KEYSTONE_SERVICE_TOKEN"
+            )
+        return KeystoneTokenValidator(url, service, revocation_poll_s=settings.keystone_revocation_poll_s)
     ensure_token_file(settings.tokens_path)
     return StaticTokenValidator(settings.tokens_path)
 
 
 def service_token(settings: Settings) -> str:
+    """The token this service calls others with (admin role). With a Keystone cloud it is a
+    fresh token of Berth's own user, valid for Keystone's token lifetime: a caller that
+    keeps it for longer should use `service_token_provider`."""
+    return service_token_provider(settings)()
+
+
+def service_token_provider(settings: Settings) -> Callable[[], str]:
     if settings.service_token is not None:
-        return settings.service_token.get_secret_value()
+        static = settings.service_token.get_secret_value()
+        return lambda: static
     if settings.auth_backend == "static":
-        return first_admin_token(settings.tokens_path)
-    raise ValueError("set BERTH_SERVICE_TOKEN: this service calls others and needs a token with the admin role")
+        path = settings.tokens_path
+        return lambda: first_admin_token(path)
+    if settings.keystone_cloud:
+        return _cloud_credentials(settings).token
+    raise ValueError(
+        "set BERTH_KEYSTONE_CLOUD or BERTH_SERVICE_TOKEN: this service calls others with a token of the admin role"
+    )
 
 
 @dataclass

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     token_file: Path | None = None
     keystone_url: str | None = None
     keystone_service_token: SecretStr | None = None
+    # Berth's own Keystone user: a cloud of clouds.yaml (openstacksdk's standard locations,
+    # or `clouds_file`); preferred over a static keystone_service_token.
+    keystone_cloud: str | None = None
+    clouds_file: Path | None = None
+    keystone_revocation_poll_s: float = Field(default=5.0, gt=0)
     # The token this service uses to call other services (needs the admin role);
     # unset with the static backend: the token file's first admin token.
     service_token: SecretStr | None = None

@@ -9,7 +9,7 @@ from berth_shared.backends.base import Backend
 from berth_shared.backends.file import FileBackend
 from berth_shared.errors import InvalidArgument
 
-KINDS = ("file", "rbd", "cephfs")
+KINDS = ("file", "rbd", "cephfs", "cinder", "manila")
 
 
 def validate_backend_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +35,15 @@ def validate_backend_config(kind: str, config: dict[str, Any]) -> dict[str, Any]
         from berth_shared.backends.cephfs import validate_cephfs_config
 
         return validate_cephfs_config(config)[1]
+    if kind == "cinder":
+        # openstacksdk is imported only when a connection is first made.
+        from berth_shared.backends.cinder import validate_cinder_config
+
+        return validate_cinder_config(config)[1]
+    if kind == "manila":
+        from berth_shared.backends.manila import validate_manila_config
+
+        return validate_manila_config(config)[1]
     raise InvalidArgument(f"unknown backend kind {kind!r}; known: {', '.join(KINDS)}", reason="unknown_backend_kind")
 
 
@@ -48,4 +57,12 @@ def build_backend(kind: str, config: dict[str, Any]) -> Backend:
         from berth_shared.backends.cephfs import CephFsBackend
 
         return CephFsBackend(cfg)
+    if kind == "cinder":
+        from berth_shared.backends.cinder import CinderBackend
+
+        return CinderBackend(cfg)
+    if kind == "manila":
+        from berth_shared.backends.manila import ManilaBackend
+
+        return ManilaBackend(cfg)
     return FileBackend(Path(cfg["root"]), qos_cgroup=cfg.get("qos_cgroup"))

@@ -1,6 +1,6 @@
 """Pytest fixtures shared by every service's tests (the root conftest.py loads this plugin):
 a real nats-server, the service DB (PostgreSQL when BERTH_TEST_DATABASE_URL is set, else
-SQLite), tokens, settings, and a real Ceph."""
+SQLite), tokens, settings, a real Ceph and a real OpenStack."""
 
 from __future__ import annotations
 
@@ -17,11 +17,14 @@ from berth_shared.natsserver import NatsServer
 from berth_shared.settings import Settings
 from berth_testing.apps import Tenants, drop_schemas, write_tenants
 from berth_testing.ceph import CephCluster, CephUnavailable, ensure_packages
+from berth_testing.openstack import OpenStack
+from berth_testing.openstack_venv import OpenStackUnavailable
 from berth_testing.secure_nats import SecureNats
 
 TEST_DB_ENV = "BERTH_TEST_DATABASE_URL"
 EVENTS_STREAM = Settings().events_stream
 CEPH_REQUIRED_ENV = "BERTH_REQUIRE_CEPH"
+OPENSTACK_REQUIRED_ENV = "BERTH_REQUIRE_OPENSTACK"
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +101,19 @@ def ceph() -> Iterator[CephCluster]:
         pytest.skip(f"no real Ceph on this machine: {exc}")
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def openstack(ceph: CephCluster) -> Iterator[OpenStack]:
+    """Real Keystone, Cinder (RBD driver on the session's Ceph, fake driver for local SSD)
+    and Manila (CephFS driver) on loopback ports, installed from PyPI into a cached venv.
+    Skips with the reason where they cannot run, unless BERTH_REQUIRE_OPENSTACK=1."""
+    try:
+        cloud = OpenStack(ceph)
+        cloud.start()
+    except (OpenStackUnavailable, OSError) as exc:
+        if os.environ.get(OPENSTACK_REQUIRED_ENV) == "1":
+            pytest.fail(f"{OPENSTACK_REQUIRED_ENV}=1 but a real OpenStack cannot run here: {exc}", pytrace=False)
+        pytest.skip(f"no real OpenStack on this machine: {exc}")
+    yield cloud
+    cloud.stop()
