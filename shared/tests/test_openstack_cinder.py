@@ -17,7 +17,14 @@ import httpx
 import pytest
 import yaml
 
-from berth_shared.backends import BackendError, FenceTarget, build_backend, ceph_bindings, validate_backend_config
+from berth_shared.backends import (
+    BackendError,
+    FenceTarget,
+    QosLimits,
+    build_backend,
+    ceph_bindings,
+    validate_backend_config,
+)
 from berth_shared.backends.cinder import CinderBackend, connection_context, node_instance
 from berth_shared.backends.openstack_common import GIB, META_VOLUME
 from berth_shared.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
@@ -209,7 +216,9 @@ async def test_transient_errors_are_retried_and_calls_time_out(
     flaky: tuple[type[_FlakyCinder], Path], make: Callable[..., CinderBackend]
 ) -> None:
     handler, clouds = flaky
-    b = make(cloud="flaky", clouds_file=str(clouds), retries=3, timeout_s=2)
+    b = make(cloud="flaky", clouds_file=str(clouds), retries=3, timeout_s=3)
+    no_retry = make(cloud="flaky", clouds_file=str(clouds), retries=0, timeout_s=3)
+    await no_retry.inventory()
     await b.inventory()  # version discovery done: what follows counts API calls only
     handler.seen.clear()
     handler.fail, handler.status = 2, 503
@@ -222,13 +231,11 @@ async def test_transient_errors_are_retried_and_calls_time_out(
         await b.inventory()
     assert info.value.reason == "backend_rate_limited" and "HTTP 429" in info.value.detail and handler.fail == 1
 
-    handler.fail, handler.hang_s = 1, 4.0  # one call held past the 2 s timeout, then retried
+    handler.fail, handler.hang_s = 1, 6.0  # one call held past the 3 s timeout, then retried
     handler.seen.clear()
     await b.inventory()
     assert [r.split("/")[-2] for r in handler.seen] == ["volumes"] * 2 + ["snapshots"]
-    no_retry = make(cloud="flaky", clouds_file=str(clouds), retries=0, timeout_s=2)
-    await no_retry.inventory()
-    handler.fail = 5
+    handler.fail = 1
     with pytest.raises(DeadlineExceeded):
         await no_retry.inventory()
     handler.fail = 0
@@ -326,7 +333,9 @@ async def test_qos_per_volume_on_the_image_and_per_gib_on_the_type(
     b, ceph = make("ceph-hdd"), openstack.ceph
     vid = _id()
     await b.create_volume(vid, GIB)
-    await b.set_qos(vid, 300, 50 << 20)
+    state = await b.set_qos(vid, QosLimits(iops=300, bps=50 << 20))
+    assert state.enforced and state.limits == QosLimits(iops=300, bps=50 << 20)
+    assert (await b.get_qos(vid)).limits == state.limits
     rbd = ceph_bindings.rbd()
     with ceph.client().open_ioctx("cinder-hdd") as ioctx, rbd.Image(ioctx, await b.image_name(vid)) as img:
         cfg = {c["name"]: c["value"] for c in img.config_list() if c["source"] == rbd.RBD_CONFIG_SOURCE_IMAGE}
@@ -365,3 +374,36 @@ async def test_the_seed_types_are_expressible(openstack: OpenStack, make: Callab
         await local.capacity()
     for b, vid in [*made, (local, lid)]:
         await b.delete_volume(vid)
+
+
+async def test_quarantine_restore_purge(openstack: OpenStack, make: Callable[..., CinderBackend]) -> None:
+    """The watcher's quarantine: out of the inventory, listed in the trash, not attachable,
+    restorable; a purge removes it and its snapshots from Cinder and Ceph."""
+    b, ceph = make(), openstack.ceph
+    vid, sid = _id(), _id("s")
+    await b.create_volume(vid, GIB, tenant="team-q")
+    await b.create_snapshot(sid, vid)
+    [item] = [i for i in await b.inventory() if i.id == vid]
+    assert item.tenant == "team-q" and item.created_at is not None and not item.partial
+    await b.attach(vid, "node-q", CONNECTOR)
+    with pytest.raises(FailedPrecondition, match="attached"):
+        await b.quarantine("volume", vid)
+    await b.detach(vid, "node-q")
+    await b.quarantine("volume", vid)
+    await b.quarantine("volume", vid)  # idempotent
+    assert vid not in {i.id for i in await b.inventory()}
+    assert ("volume", vid) in {(t.kind, t.id) for t in await b.trash()}
+    with pytest.raises(FailedPrecondition, match="quarantined"):
+        await b.attach(vid, "node-q", CONNECTOR)
+    await b.restore("volume", vid)
+    assert vid in {i.id for i in await b.inventory()}
+    await b.purge("volume", vid)  # not quarantined: a purge never takes a live volume
+    assert vid in {i.id for i in await b.inventory()}
+    image = await b.image_name(vid)
+    await b.quarantine("volume", vid)
+    await b.purge("volume", vid)
+    await b.purge("volume", vid)
+    assert image not in _images(ceph, "cinder-ssd")
+    assert not {t.id for t in await b.trash()} & {vid, sid}
+    with pytest.raises(NotFound):
+        await b.quarantine("volume", vid)

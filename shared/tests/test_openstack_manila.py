@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from berth_shared.backends import FenceTarget, Unsupported, build_backend, validate_backend_config
+from berth_shared.backends import FenceTarget, QosLimits, build_backend, validate_backend_config
 from berth_shared.backends.manila import NODE_CLIENT_PREFIX, ManilaBackend
 from berth_shared.backends.openstack_common import GIB
 from berth_shared.errors import InvalidArgument, NotFound
@@ -80,8 +80,7 @@ async def test_share_lifecycle_is_a_real_subvolume(openstack: OpenStack, make: C
 
     cap = await b.capacity()
     assert 0 < cap.free_bytes <= cap.total_bytes
-    with pytest.raises(Unsupported):
-        await b.set_qos(vid, 100, None)
+    assert not (await b.set_qos(vid, QosLimits(iops=100))).enforced
     with pytest.raises(NotFound):
         await b.expand_volume(_id(), GIB)
 
@@ -137,7 +136,17 @@ async def test_access_rule_mount_and_fence(
     finally:
         node.unmount_cephfs(mount_a, fenced=True)
     assert await b.unfence(FenceTarget(node_a, (vid,)))
+    # Quarantine denies the node rules (recorded), restore grants them again.
+    await b.quarantine("volume", vid)
+    assert not await b.cloud.call("rules", lambda c: list(c.shared_file_system.access_rules(b._find_share(c, vid))))
+    assert ("volume", vid) in {(t.kind, t.id) for t in await b.trash()}
+    assert vid not in {i.id for i in await b.inventory()}
+    await b.restore("volume", vid)
+    rules = await b.cloud.call("rules", lambda c: list(c.shared_file_system.access_rules(b._find_share(c, vid))))
+    assert {r.access_to for r in rules} == {NODE_CLIENT_PREFIX + node_a, NODE_CLIENT_PREFIX + node_b}
     for n in (node_a, node_b):
         await b.detach(vid, n)
     assert not await b.cloud.call("rules", lambda c: list(c.shared_file_system.access_rules(b._find_share(c, vid))))
-    await b.delete_volume(vid)
+    await b.quarantine("volume", vid)
+    await b.purge("volume", vid)
+    assert vid not in {t.id for t in await b.trash()}

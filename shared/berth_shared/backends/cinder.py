@@ -11,7 +11,8 @@ Attachments use the Cinder attachments API: one attachment per node, created wit
 node's connector and an instance id derived from the node id (so a node's attachments
 can be found again after any crash), then completed; deleted on detach and force-detached
 on a fence. With `ceph` in the config (an RBD-backed type), a fence also blocklists the
-node at Ceph and QoS is set on the image, where the node's librbd (rbd-fuse) enforces it.
+node at Ceph and QoS is set on the image, where the node's librbd (rbd-fuse) enforces it
+(`openstack_watch`: QoS, IO counters, the quarantine).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from berth_shared.backends.base import Capacity, FenceTarget, InventoryItem, Uns
 from berth_shared.backends.openstack_common import (
     GIB,
     META_SNAPSHOT,
+    META_TENANT,
     META_VOLUME,
     Cloud,
     CloudConfig,
@@ -34,7 +36,9 @@ from berth_shared.backends.openstack_common import (
     opt_str,
     parse_cloud,
 )
+from berth_shared.backends.openstack_watch import CinderWatchOps, parse_time, quarantined
 from berth_shared.errors import FailedPrecondition, NotFound
+from berth_shared.faults import checkpoint
 
 # Attachments need 3.27, completing them 3.44, extending an attached volume 3.42;
 # multiattach 3.50, an attachment's mode 3.54.
@@ -75,7 +79,7 @@ def validate_cinder_config(config: dict[str, Any]) -> tuple[CinderConfig, dict[s
     return CinderConfig(cloud, vtype, zone, ceph), norm
 
 
-class CinderBackend:
+class CinderBackend(CinderWatchOps):
     kind = "cinder"
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -87,6 +91,9 @@ class CinderBackend:
         self.cloud.close()
         if self._rbd is not None:
             await self._rbd.close()
+
+    def _has_ceph(self) -> bool:
+        return self.cfg.ceph is not None
 
     def _ceph(self) -> Any:
         if self.cfg.ceph is None:
@@ -174,6 +181,7 @@ class CinderBackend:
             if self.cfg.availability_zone:
                 attrs["availability_zone"] = self.cfg.availability_zone
             vol = await self.cloud.call(what, lambda c: c.block_storage.create_volume(**attrs))
+            checkpoint("cinder.create.after_request")  # crash tests: Cinder has it, Berth does not know
             # Another replica may have created one at the same moment: keep the oldest.
             await self._drop_duplicates(volume_id)
             vol = await self._require(volume_id)
@@ -292,26 +300,38 @@ class CinderBackend:
             items: list[InventoryItem] = []
             mine: set[str] = set()
             for v in c.block_storage.volumes(details=True):
-                bid = (v.metadata or {}).get(META_VOLUME)
+                meta = v.metadata or {}
+                bid = meta.get(META_VOLUME)
                 if bid and v.volume_type == self.cfg.volume_type:
                     mine.add(v.id)
+                    if quarantined(v):
+                        continue
                     size = int(v.size) * GIB
-                    items.append(InventoryItem("volume", bid, size, size))
+                    users = tuple(sorted(str(a.get("attachment_id")) for a in v.attachments or []))
+                    item = InventoryItem(
+                        "volume",
+                        bid,
+                        size,
+                        size,  # Cinder does not say how much is written
+                        created_at=parse_time(v.created_at),
+                        tenant=meta.get(META_TENANT),
+                        users=users,
+                        partial=v.status in ("creating", "error"),
+                    )
+                    items.append(item)
             for s in c.block_storage.snapshots(details=True):
                 bid = (s.metadata or {}).get(META_SNAPSHOT)
-                if bid and s.volume_id in mine:
+                if bid and s.volume_id in mine and not quarantined(s):
                     size = int(s.size) * GIB
-                    items.append(InventoryItem("snapshot", bid, size, size))
+                    created = parse_time(s.created_at)
+                    items.append(
+                        InventoryItem("snapshot", bid, size, size, created_at=created, partial=s.status == "error")
+                    )
             return items
 
         return await self.cloud.call("cinder inventory", run)
 
     # -- QoS ---------------------------------------------------------------------------
-
-    async def set_qos(self, volume_id: str, iops: int | None, bytes_per_s: int | None) -> None:
-        """Per volume, on the RBD image (librbd enforces it on the node's rbd-fuse)."""
-        image = await self.image_name(volume_id)
-        await self._ceph().set_qos(image, iops, bytes_per_s)
 
     async def set_type_qos(self, *, iops_per_gib: int | None, bytes_per_s_per_gib: int | None) -> str:
         """Cinder's own QoS for the whole type, scaled by size (`*_per_gb` keys, applied by
@@ -353,6 +373,8 @@ class CinderBackend:
         return the publish context from Cinder's connection info (no secrets)."""
         what = f"attach cinder volume {volume_id} to {node_id}"
         vol = await self._require(volume_id)
+        if quarantined(vol):
+            raise FailedPrecondition(f"volume {volume_id} is quarantined", reason="volume_quarantined")
         instance = node_instance(node_id)
 
         def run(c: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from berth_shared.backends.base import Capacity, FenceTarget, InventoryItem, Uns
 from berth_shared.backends.openstack_common import (
     GIB,
     META_SNAPSHOT,
+    META_TENANT,
     META_VOLUME,
     Cloud,
     CloudConfig,
@@ -32,6 +33,7 @@ from berth_shared.backends.openstack_common import (
     opt_str,
     parse_cloud,
 )
+from berth_shared.backends.openstack_watch import ManilaWatchOps, parse_time, quarantined
 from berth_shared.errors import FailedPrecondition, NotFound
 
 # Extend and the share metadata need >= 2.7 (openstacksdk sends none by default: 404);
@@ -76,7 +78,7 @@ def _failed(obj: Any) -> bool:
     return str(obj.status).startswith("error")
 
 
-class ManilaBackend:
+class ManilaBackend(ManilaWatchOps):
     kind = "manila"
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -314,6 +316,9 @@ class ManilaBackend:
     async def attach(self, volume_id: str, node_id: str, connector: dict[str, Any], mode: str = "rw") -> dict[str, str]:
         """Allow the node's cephx id (active before we answer) and say where to mount."""
         client = NODE_CLIENT_PREFIX + node_id
+        share = await self.cloud.call("find share", lambda c: self._share_of(c, volume_id))
+        if share is not None and quarantined(share):
+            raise FailedPrecondition(f"volume {volume_id} is quarantined", reason="volume_quarantined")
         await self.authorize(volume_id, client, readonly=mode == "ro")
         mons, path = await self.export_location(volume_id)
         ctx = {"driver": "cephfs", "path": path, "mon_host": mons, "client_id_prefix": NODE_CLIENT_PREFIX}
@@ -349,21 +354,22 @@ class ManilaBackend:
             items: list[InventoryItem] = []
             sfs = c.shared_file_system
             for s in sfs.shares(details=True):
-                bid = (s.metadata or {}).get(META_VOLUME)
-                if bid and s.share_type_name == self.cfg.share_type:
+                meta = s.metadata or {}
+                bid = meta.get(META_VOLUME)
+                if bid and s.share_type_name == self.cfg.share_type and not quarantined(s):
                     size = int(s.size) * GIB
-                    items.append(InventoryItem("volume", bid, size, size))
+                    created, partial = parse_time(s.created_at), s.status in ("creating", "error")
+                    tenant = meta.get(META_TENANT)
+                    items.append(InventoryItem("volume", bid, size, size, created, tenant, partial=partial))
             for snap in sfs.share_snapshots(details=True):
                 desc = str(snap.description or "")
                 if desc.startswith(META_SNAPSHOT + "="):
                     size = int(snap.size) * GIB
-                    items.append(InventoryItem("snapshot", desc.split("=", 1)[1], size, size))
+                    sid, created = desc.split("=", 1)[1], parse_time(snap.created_at)
+                    items.append(InventoryItem("snapshot", sid, size, size, created, partial=snap.status == "error"))
             return items
 
         return await self.cloud.call("manila inventory", run)
-
-    async def set_qos(self, volume_id: str, iops: int | None, bytes_per_s: int | None) -> None:
-        raise Unsupported("CephFS shares have no IO limits (Manila has no QoS for them)")
 
     # -- fencing -----------------------------------------------------------------------
 

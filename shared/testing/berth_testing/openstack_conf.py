@@ -94,6 +94,10 @@ key_repository = {base}/fernet-keys
 key_repository = {base}/credential-keys
 [cache]
 enabled = false
+[identity]
+# Test accounts only: bcrypt's minimum cost (the default, 12, costs ~0.3-1 s per password
+# check here, and every token issued checks one).
+password_hash_rounds = 4
 """
 
 
