@@ -65,7 +65,10 @@ async def test_kill_between_cinder_create_and_commit(
         proc.start()
         await proc.wait_ready()
         vols = await eventually(
-            lambda: _volumes(http), lambda vs: list(vs.values()) == ["available"], what="the interrupted create", within=90
+            lambda: _volumes(http),
+            lambda vs: list(vs.values()) == ["available"],
+            what="the interrupted create",
+            within=90,
         )
         (vid,) = vols
         r = await http.post("/v1/volumes", json=spec)

@@ -27,6 +27,7 @@ from berth_shared.backends import (
 )
 from berth_shared.backends.cinder import CinderBackend, connection_context, node_instance
 from berth_shared.backends.openstack_common import GIB, META_VOLUME
+from berth_shared.backends.openstack_discovery import offered_types
 from berth_shared.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from berth_testing.ceph import CephCluster
 from berth_testing.openstack import OpenStack
@@ -407,3 +408,20 @@ async def test_quarantine_restore_purge(openstack: OpenStack, make: Callable[...
     assert not {t.id for t in await b.trash()} & {vid, sid}
     with pytest.raises(NotFound):
         await b.quarantine("volume", vid)
+
+
+async def test_cloud_types_are_offered_as_clusters(openstack: OpenStack) -> None:
+    """Every Cinder volume type and Manila share type, with its pools' capacity: what the
+    provisioner registers as clusters."""
+    base = {"cloud": "berth", "clouds_file": str(openstack.clouds_file)}
+    cinder = {t.name: t for t in await offered_types("cinder", base)}
+    assert set(cinder) == {b.name for b in RBD_BACKENDS} | {"local-ssd", MULTIATTACH_TYPE}
+    ssd = cinder["ceph-ssd"]
+    assert ssd.config["volume_type"] == "ceph-ssd" and ssd.config["cloud"] == "berth"
+    assert ssd.capacity_gib and ssd.free_gib is not None and ssd.free_gib <= ssd.capacity_gib
+    assert cinder["local-ssd"].capacity_gib is None  # the fake driver says "infinite"
+    assert cinder[MULTIATTACH_TYPE].multiattach and not ssd.multiattach
+    validate_backend_config("cinder", ssd.config)  # registrable as it is
+    manila = await offered_types("manila", base)
+    assert [(t.name, t.config["share_type"]) for t in manila] == [("cephfs", "cephfs")]
+    assert manila[0].capacity_gib

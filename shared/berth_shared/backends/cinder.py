@@ -35,6 +35,7 @@ from berth_shared.backends.openstack_common import (
     gib,
     opt_str,
     parse_cloud,
+    pool_capacity,
 )
 from berth_shared.backends.openstack_watch import CinderWatchOps, parse_time, quarantined
 from berth_shared.errors import FailedPrecondition, NotFound
@@ -281,15 +282,7 @@ class CinderBackend(CinderWatchOps):
         def run(c: Any) -> Capacity:
             vtype = c.block_storage.find_type(self.cfg.volume_type, ignore_missing=False)
             backend = (vtype.extra_specs or {}).get("volume_backend_name")
-            total = free = 0.0
-            for pool in c.block_storage.backend_pools():
-                caps = pool.capabilities or {}
-                if backend is None or caps.get("volume_backend_name") == backend:
-                    t, f = caps.get("total_capacity_gb"), caps.get("free_capacity_gb")
-                    if not isinstance(t, int | float) or not isinstance(f, int | float):
-                        raise NotFound(f"pool {pool.name} reports no capacity ({t!r})")
-                    total, free = total + t, free + f
-            return Capacity(total_bytes=int(total * GIB), free_bytes=int(free * GIB))
+            return pool_capacity(c.block_storage.backend_pools(), "volume_backend_name", backend)
 
         return await self.cloud.call(f"capacity of type {self.cfg.volume_type}", run)
 

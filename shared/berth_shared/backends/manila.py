@@ -32,6 +32,7 @@ from berth_shared.backends.openstack_common import (
     gib,
     opt_str,
     parse_cloud,
+    pool_capacity,
 )
 from berth_shared.backends.openstack_watch import ManilaWatchOps, parse_time, quarantined
 from berth_shared.errors import FailedPrecondition, NotFound
@@ -337,15 +338,7 @@ class ManilaBackend(ManilaWatchOps):
             if stype is None:
                 raise NotFound(f"share type {self.cfg.share_type} not found")
             backend = (stype.extra_specs or {}).get("share_backend_name")
-            total = free = 0.0
-            for pool in c.shared_file_system.storage_pools(details=True):
-                caps = pool.capabilities or {}
-                if backend is None or caps.get("share_backend_name") == backend:
-                    t, f = caps.get("total_capacity_gb"), caps.get("free_capacity_gb")
-                    if not isinstance(t, int | float) or not isinstance(f, int | float):
-                        raise NotFound(f"pool {pool.name} reports no capacity ({t!r})")
-                    total, free = total + t, free + f
-            return Capacity(total_bytes=int(total * GIB), free_bytes=int(free * GIB))
+            return pool_capacity(c.shared_file_system.storage_pools(details=True), "share_backend_name", backend)
 
         return await self.cloud.call(f"capacity of share type {self.cfg.share_type}", run)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from berth_shared.backends.base import BackendError
+from berth_shared.backends.base import BackendError, Capacity
 from berth_shared.errors import (
     AlreadyExists,
     BerthError,
@@ -109,6 +109,22 @@ def berth_name(berth_id: str) -> str:
 def berth_metadata(volume_id: str, tenant: str | None) -> dict[str, str]:
     """Metadata that ties the OpenStack object to its Berth record (values must not be blank)."""
     return {META_VOLUME: volume_id, **({META_TENANT: tenant} if tenant else {})}
+
+
+def pool_capacity(pools: Any, key: str, backend: str | None) -> Capacity:
+    """The summed capacity of the scheduler pools whose `key` capability (Cinder:
+    volume_backend_name, Manila: share_backend_name) is `backend` (None: all). A pool that
+    reports `infinite` or `unknown` makes it unknown (NotFound): placement then weighs the
+    cluster without real free space."""
+    total = free = 0.0
+    for pool in pools:
+        caps = pool.capabilities or {}
+        if backend is None or caps.get(key) == backend:
+            t, f = caps.get("total_capacity_gb"), caps.get("free_capacity_gb")
+            if not isinstance(t, int | float) or not isinstance(f, int | float):
+                raise NotFound(f"pool {pool.name} reports no capacity ({t!r})")
+            total, free = total + t, free + f
+    return Capacity(total_bytes=int(total * GIB), free_bytes=int(free * GIB))
 
 
 # -- connection ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ PREFIX = "berth.provisioner"
 VolumeStatus = Literal["creating", "available", "expanding", "deleting", "error"]
 SnapshotStatus = Literal["creating", "available", "deleting", "error"]
 ClusterState = Literal["active", "draining", "readonly"]
-BackendKind = Literal["file", "rbd", "cephfs"]
+BackendKind = Literal["file", "rbd", "cephfs", "cinder", "manila"]
 
 MAX_VOLUME_GIB = 64 * 1024
 
