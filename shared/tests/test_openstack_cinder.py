@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import http.server
+import os
+import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,6 +31,8 @@ from berth_shared.backends.cinder import CinderBackend, connection_context, node
 from berth_shared.backends.openstack_common import GIB, META_VOLUME
 from berth_shared.backends.openstack_discovery import offered_types
 from berth_shared.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from berth_shared.node import ceph as node_ceph
+from berth_shared.node import staging
 from berth_testing.ceph import CephCluster
 from berth_testing.openstack import OpenStack
 from berth_testing.openstack_conf import MULTIATTACH_TYPE, RBD_BACKENDS
@@ -425,3 +429,42 @@ async def test_cloud_types_are_offered_as_clusters(openstack: OpenStack) -> None
     manila = await offered_types("manila", base)
     assert [(t.name, t.config["share_type"]) for t in manila] == [("cephfs", "cephfs")]
     assert manila[0].capacity_gib
+
+
+async def test_node_stages_a_cinder_rbd_connection(
+    openstack: OpenStack, make: Callable[..., CinderBackend], tmp_path: Path
+) -> None:
+    """The publish context of a Cinder attachment is staged by the node's one staging path
+    (rbd-fuse + loop here, ext4 formatted once), the node's address lands on the image for
+    a fence to find, and the data is there for the next node."""
+    if os.geteuid() != 0 or "fuse" not in node_ceph.rbd_methods() or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root, rbd-fuse, /dev/fuse, losetup and mkfs.ext4")
+    b, ceph = make(), openstack.ceph
+    vid, node_id = _id(), _id("node-")
+    await b.create_volume(vid, GIB)
+    ctx = {**await b.attach(vid, node_id, {**CONNECTOR, "host": node_id}), "backend": "cinder"}
+    identity = node_ceph.CephClientSpec(str(ceph.conf), str(ceph.keyring), ceph.user)
+
+    def request(target: Path) -> staging.StageRequest:
+        target.mkdir(parents=True, exist_ok=True)
+        return staging.StageRequest(vid, ctx, node_id, str(target), tmp_path / "work", identity=identity)
+
+    staged = await staging.stage(request(tmp_path / "a"))
+    ceph.on_stop(lambda: node_ceph.sweep(ceph.conf))
+    try:
+        assert staged.backend == "rbd" and staged.source == f"cinder-ssd/{ctx['image']}" and staged.client_address
+        (tmp_path / "a" / "data.txt").write_bytes(b"on a cinder volume")
+        recorded = (await b._ceph().describe_volume(ctx["image"])).node_addresses
+        assert recorded == {node_id: staged.client_address}
+    finally:
+        await staging.unstage(staged, node_id=node_id)
+    assert (await b._ceph().describe_volume(ctx["image"])).node_addresses == {}  # a clean unstage forgets it
+    again = await staging.stage(request(tmp_path / "b"))  # not reformatted: the data is there
+    try:
+        assert (tmp_path / "b" / "data.txt").read_bytes() == b"on a cinder volume"
+    finally:
+        await staging.unstage(again, node_id=node_id)
+    with pytest.raises(InvalidArgument, match="iscsi"):
+        await staging.stage(staging.StageRequest(vid, {**ctx, "driver": "iscsi"}, node_id, None, tmp_path / "w"))
+    await b.detach(vid, node_id)
+    await b.delete_volume(vid)

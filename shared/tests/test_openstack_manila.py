@@ -18,6 +18,7 @@ from berth_shared.backends.manila import NODE_CLIENT_PREFIX, ManilaBackend
 from berth_shared.backends.openstack_common import GIB
 from berth_shared.errors import InvalidArgument, NotFound
 from berth_shared.node import ceph as node
+from berth_shared.node import staging
 from berth_testing.openstack import OpenStack
 
 
@@ -115,9 +116,20 @@ async def test_access_rule_mount_and_fence(
         return node.CephClientSpec(str(openstack.ceph.conf), str(keyring), client)
 
     key_a = await b.authorize(vid, NODE_CLIENT_PREFIX + node_a)  # idempotent: the same key
-    mount_a = node.mount_cephfs(spec_for(node_a, key_a), ctx_a["path"], tmp_path / "a", method="fuse")
-    openstack.ceph.on_stop(lambda: node.unmount_cephfs(mount_a, fenced=True))
+    # Node A stages the share's publish context through the node's one staging path.
+    (tmp_path / "a").mkdir()
+    req = staging.StageRequest(
+        vid,
+        {**ctx_a, "backend": "manila"},
+        node_a,
+        str(tmp_path / "a"),
+        tmp_path / "wa",
+        identity=spec_for(node_a, key_a),
+    )
+    staged_a = await staging.stage(req)
+    openstack.ceph.on_stop(lambda: node.sweep(openstack.ceph.conf))
     try:
+        assert staged_a.backend == "cephfs" and staged_a.source == ctx_a["path"]
         (tmp_path / "a" / "data.txt").write_bytes(b"written on node A")
         os.sync()
         cut = await b.fence(FenceTarget(node_a, (vid,)))
@@ -134,7 +146,7 @@ async def test_access_rule_mount_and_fence(
         finally:
             node.unmount_cephfs(mount_b)
     finally:
-        node.unmount_cephfs(mount_a, fenced=True)
+        await staging.unstage(staged_a, node_id=node_a, fenced=True)
     assert await b.unfence(FenceTarget(node_a, (vid,)))
     # Quarantine denies the node rules (recorded), restore grants them again.
     await b.quarantine("volume", vid)

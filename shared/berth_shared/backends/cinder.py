@@ -382,7 +382,11 @@ class CinderBackend(CinderWatchOps):
             return {"attachment_id": att.id, **dict(att.connection_info or {})}
 
         info = await self.cloud.call(what, run)
-        return connection_context(info, vol.id)
+        ctx = connection_context(info, vol.id)
+        if self.cfg.ceph is not None:
+            # As RbdBackend.node_context: the cluster's conf and the user convention, no secret.
+            ctx.update({k: str(self.cfg.ceph[k]) for k in ("conf", "user", "mon_host") if k in self.cfg.ceph})
+        return ctx
 
     async def _node_attachments(self, volume_id: str, node_id: str) -> list[Any]:
         vol = await self._volume(volume_id)

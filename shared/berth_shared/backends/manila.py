@@ -325,6 +325,8 @@ class ManilaBackend(ManilaWatchOps):
         ctx = {"driver": "cephfs", "path": path, "mon_host": mons, "client_id_prefix": NODE_CLIENT_PREFIX}
         if self.cfg.ceph is not None:
             ctx["fs_name"] = str(self.cfg.ceph.get("fs_name", "cephfs"))
+            if "conf" in self.cfg.ceph:
+                ctx["conf"] = str(self.cfg.ceph["conf"])
         return ctx
 
     async def detach(self, volume_id: str, node_id: str) -> None:

@@ -145,6 +145,29 @@ class RbdStager:
         return att is not None and (att.fuse_dir is None or mounts.is_mounted(att.fuse_dir))
 
 
+class CinderStager(RbdStager):
+    """A Cinder volume's publish context (`CinderBackend.attach`): the connection info's
+    driver says how to reach it; RBD is staged exactly as Berth's own RBD volumes."""
+
+    @staticmethod
+    def _rbd_only(context: Mapping[str, str]) -> None:
+        driver = context.get("driver")
+        if driver != "rbd":
+            raise InvalidArgument(
+                f"Cinder connection of driver {driver!r}: this node stages Cinder volumes over rbd only",
+                reason="backend_unsupported",
+                field="publish_context.driver",
+            )
+
+    def source(self, context: Mapping[str, str]) -> str:
+        self._rbd_only(context)
+        return super().source(context)
+
+    async def stage(self, req: StageRequest) -> Staged:
+        self._rbd_only(req.context)
+        return await super().stage(req)
+
+
 # -- CephFS --------------------------------------------------------------------------------
 
 

@@ -9,8 +9,10 @@ Each backend has one `Stager`, chosen by the publish context's `backend`:
 | `file` | `file.FileStager` | the volume file on a loop device, its file system mounted |
 | `rbd` | `ceph_stage.RbdStager` | the image as a block device (krbd, rbd-nbd, rbd-fuse + loop), mounted |
 | `cephfs` | `ceph_stage.CephFsStager` | the subvolume mounted (kernel client or ceph-fuse) |
+| `cinder` | `ceph_stage.CinderStager` | Cinder's RBD connection info: as `rbd` |
+| `manila` | `ceph_stage.CephFsStager` | a Manila CephFS share's export: as `cephfs` |
 
-A new kind of volume (say, Cinder's connection info for RBD or iSCSI) is one more Stager in
+A new kind of volume (say, Cinder's iSCSI connection info) is one more Stager in
 `STAGERS`; the CSI service needs no change. The host work (`host`, `mounts`, `ceph`) is
 synchronous and bounded; stagers run it off the event loop.
 """
@@ -95,10 +97,16 @@ class Stager(Protocol):
 
 
 def _stagers() -> dict[str, Stager]:
-    from berth_shared.node.ceph_stage import CephFsStager, RbdStager
+    from berth_shared.node.ceph_stage import CephFsStager, CinderStager, RbdStager
     from berth_shared.node.file import FileStager
 
-    return {"file": FileStager(), "rbd": RbdStager(), "cephfs": CephFsStager()}
+    return {
+        "file": FileStager(),
+        "rbd": RbdStager(),
+        "cephfs": CephFsStager(),
+        "cinder": CinderStager(),
+        "manila": CephFsStager(),
+    }
 
 
 STAGERS: dict[str, Stager] = {}
