@@ -422,7 +422,16 @@ async def drop_schema(url: str, schema: str) -> None:
     await engine.dispose()
 
 
+async def run() -> int:
+    # SIGTERM (a timeout, a person): cancel main, whose `finally` stops what it started.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await main()
+    except asyncio.CancelledError:
+        return 143
+
+
 if __name__ == "__main__":
-    # SIGTERM (a timeout, a person): unwind through main's `finally`, stopping what it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sys.exit(asyncio.run(main()))
+    sys.exit(asyncio.run(run()))

@@ -19,7 +19,7 @@ import httpx
 from berth_alerts import queue
 from berth_alerts.config import ReceiverConfig
 from berth_alerts.metrics import AlertMetrics
-from berth_alerts.queue import Claimed
+from berth_alerts.queue import Claimed, Outcome
 from berth_alerts.ratelimit import TokenBucket
 from berth_alerts.render import Renderer
 from berth_alerts.sender import backoff, send
@@ -61,8 +61,54 @@ class ReceiverWorker:
         self.wake = asyncio.Event()
         self._slots = asyncio.Semaphore(receiver.max_in_flight)
         self._inflight: set[asyncio.Task[None]] = set()
+        # Finished deliveries, recorded in batches by one task: a send's slot is free as soon
+        # as the messenger answered, and the database sees one transaction, not one per send.
+        self._finished: list[tuple[Outcome, Claimed]] = []
+        self._finish_wake = asyncio.Event()
 
     async def run(self) -> None:
+        recorder = asyncio.create_task(self._record_finished(), name=f"finished-{self.receiver.name}")
+        try:
+            await self._loop()
+        finally:
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
+
+    async def _record_finished(self) -> None:
+        while True:
+            await self._finish_wake.wait()
+            self._finish_wake.clear()
+            await self.flush_finished()
+
+    async def flush_finished(self) -> None:
+        batch, self._finished = self._finished, []
+        if not batch:
+            return
+        try:
+            mine = await queue.finish_many(self.db, self.owner, [o for o, _ in batch], now())
+        except Exception:  # the DB is away: keep them, the next pass records them
+            log.exception("receiver %s: could not record %d deliveries", self.receiver.name, len(batch))
+            self._finished = batch + self._finished
+            await asyncio.sleep(self.poll_s)
+            self._finish_wake.set()
+            return
+        at = now()
+        for o, c in batch:
+            if o.id not in mine:
+                continue  # our claim ran out and another replica took it over
+            self.metrics.notifications.labels(self.receiver.name, o.state).inc()
+            if o.state == "delivered":
+                self.metrics.latency.labels(self.receiver.name).observe(
+                    max(0.0, (at - c.oldest_change_at).total_seconds())
+                )
+        self.wake.set()
+
+    def _finish(self, c: Claimed, state: str, error: str | None = None) -> None:
+        self._finished.append((Outcome(c.id, state, error), c))
+        self._finish_wake.set()
+
+    async def _loop(self) -> None:
         while True:
             try:
                 await self.tick()
@@ -107,6 +153,7 @@ class ReceiverWorker:
     async def drain(self) -> None:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self.flush_finished()
 
     async def _deliver(self, c: Claimed) -> None:
         try:
@@ -121,8 +168,7 @@ class ReceiverWorker:
     async def _send_all(self, c: Claimed) -> None:
         name = self.receiver.name
         if self.receiver.type == "none" or not self.url:
-            await queue.finish(self.db, c.id, self.owner, "failed", now(), "receiver has no URL configured")
-            self.metrics.notifications.labels(name, "failed").inc()
+            self._finish(c, "failed", "receiver has no URL configured")
             return
         sent = c.alerts_sent
         attempts = c.attempts
@@ -161,8 +207,7 @@ class ReceiverWorker:
                 log.warning("receiver %s: 413, messages now split below %d bytes", name, self.size_limit)
                 continue
             if outcome.result == "rejected" and attempts >= MAX_REJECTIONS:
-                await queue.finish(self.db, c.id, self.owner, "failed", now(), outcome.detail)
-                self.metrics.notifications.labels(name, "failed").inc()
+                self._finish(c, "failed", outcome.detail)
                 log.error("receiver %s: notification %d refused %d times: %s", name, c.id, attempts, outcome.detail)
                 return
             delay = backoff(attempts, self.receiver.backoff_initial_s, self.receiver.backoff_max_s)
@@ -173,6 +218,4 @@ class ReceiverWorker:
                 self.db, c.id, self.owner, attempts, now() + timedelta(seconds=delay), outcome.detail
             )
             return
-        if await queue.finish(self.db, c.id, self.owner, "delivered", now()):
-            self.metrics.notifications.labels(name, "delivered").inc()
-            self.metrics.latency.labels(name).observe(max(0.0, (now() - c.oldest_change_at).total_seconds()))
+        self._finish(c, "delivered")

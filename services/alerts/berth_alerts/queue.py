@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 
 from berth_alerts import tables as t
 from berth_alerts.grouping import collapse, payload_status
@@ -149,16 +149,38 @@ async def record_progress(db: Database, delivery_id: int, owner: str, alerts_sen
         return affected(res) == 1
 
 
-async def finish(
-    db: Database, delivery_id: int, owner: str, state: str, now: datetime, error: str | None = None
-) -> bool:
+@dataclass
+class Outcome:
+    id: int
+    state: str  # delivered | failed
+    error: str | None = None
+
+
+async def finish_many(db: Database, owner: str, outcomes: list[Outcome], now: datetime) -> set[int]:
+    """Record finished deliveries in one transaction; the ids whose claim was still ours."""
     async with db.transaction() as s:
-        res = await s.execute(
-            update(t.deliveries)
-            .where(d_.id == delivery_id, d_.claimed_by == owner, d_.state == "sending")
-            .values(state=state, finished_at=now, last_error=error, claim_until=None)
+        mine = set(
+            (
+                await s.execute(
+                    select(d_.id).where(
+                        d_.id.in_([o.id for o in outcomes]), d_.claimed_by == owner, d_.state == "sending"
+                    )
+                )
+            ).scalars()
         )
-        return affected(res) == 1
+        rows = [{"d_id": o.id, "d_state": o.state, "d_error": o.error, "d_at": now} for o in outcomes if o.id in mine]
+        if rows:
+            await s.execute(_FINISH, rows)
+        return mine
+
+
+_FINISH = (
+    update(t.deliveries)
+    .where(d_.id == bindparam("d_id"))
+    .values(
+        state=bindparam("d_state"), last_error=bindparam("d_error"), finished_at=bindparam("d_at"), claim_until=None
+    )
+)
 
 
 async def retry_later(db: Database, delivery_id: int, owner: str, attempts: int, next_at: datetime, error: str) -> bool:

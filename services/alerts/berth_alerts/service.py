@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_alerts import tables as t
+from berth_alerts.committer import GroupCommitter
 from berth_alerts.config import AlertsConfig, AlertsSettings
 from berth_alerts.delivery import ReceiverWorker
 from berth_alerts.events import base_type, event_alert
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 Parser = Callable[[Any, datetime], list[Alert]]
 MAX_KEPT_BODY = 1024 * 1024  # a rejected body is kept up to this size
 GAUGE_EVERY_S = 5.0
-INGEST_SLOTS = 4
+INGEST_WRITERS = 2
 
 
 def now() -> datetime:
@@ -61,7 +62,9 @@ class AlertsService:
             for r in config.receivers
         }
         self._tasks: list[asyncio.Task[None]] = []
-        self._ingest_slots = asyncio.Semaphore(INGEST_SLOTS if not db.is_sqlite else 1)
+        # Few writers, each committing every request that waited for it at once: a burst of
+        # posts queues here, not in the database, where it would hold up flush and delivery.
+        self.committer = GroupCommitter(db, self.routing, writers=1 if db.is_sqlite else INGEST_WRITERS)
 
     # -- ingest -------------------------------------------------------------------------
 
@@ -80,10 +83,7 @@ class AlertsService:
                 a.labels["tenant"] = caller.tenant
                 a.fp = ""
                 a.__post_init__()
-        # A bounded number of ingests at a time: a burst of posts then waits here, not in
-        # the database's queue, where it would hold up the flusher and the deliveries.
-        async with self._ingest_slots, self.db.transaction() as s:
-            result = await ingest(s, self.routing, alerts, at)
+        result = await self.committer.submit(alerts, at)
         self._count(source, result)
         self.flush_wake.set()
         return result
@@ -135,6 +135,7 @@ class AlertsService:
     # -- background ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.committer.start()
         released = await release_own(self.db, self.owner)
         if released:
             log.info("resuming %d deliveries this replica had in flight", released)
@@ -146,6 +147,7 @@ class AlertsService:
             self._tasks.append(asyncio.create_task(w.run(), name=f"alerts-receiver-{w.receiver.name}"))
 
     async def stop(self) -> None:
+        await self.committer.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,99 @@
+"""Group commit for ingests: the requests that arrive while one transaction runs share the
+next one, and each is answered only after that transaction committed.
+
+Under a storm this turns a hundred small transactions a second into a few larger ones,
+so ingest no longer queues the flusher and the deliveries behind it on the database (on
+SQLite, one connection). If a shared transaction fails, each of its requests is retried
+alone, so one bad request cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from berth_alerts.model import Alert
+from berth_alerts.store import IngestResult, Routing, ingest
+from berth_shared.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    alerts: list[Alert]
+    at: datetime
+    done: asyncio.Future[IngestResult]
+
+
+class GroupCommitter:
+    def __init__(self, db: Database, routing: Routing, *, writers: int, max_alerts: int = 1000) -> None:
+        self.db = db
+        self.routing = routing
+        self.max_alerts = max_alerts
+        self.writers = writers
+        self._queue: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(), name=f"ingest-writer-{i}") for i in range(self.writers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for p in self._queue:  # never answered: the sender retries (nothing was stored)
+            if not p.done.done():
+                p.done.set_exception(ConnectionAbortedError("the alerts service is stopping"))
+
+    async def submit(self, alerts: list[Alert], at: datetime) -> IngestResult:
+        """Store these alerts; return once they are committed."""
+        p = _Pending(alerts, at, asyncio.get_running_loop().create_future())
+        self._queue.append(p)
+        self._wake.set()
+        return await p.done
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        n = 0
+        while self._queue and (not batch or n + len(self._queue[0].alerts) <= self.max_alerts):
+            p = self._queue.pop(0)
+            batch.append(p)
+            n += len(p.alerts)
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = self._take()
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            async with self.db.transaction() as s:
+                results = [await ingest(s, self.routing, p.alerts, p.at) for p in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0].done.done():
+                    batch[0].done.set_exception(exc)
+                return
+            log.warning(
+                "a shared ingest transaction failed (%s); committing its %d requests one by one",
+                type(exc).__name__,
+                len(batch),
+            )
+            for p in batch:
+                await self._commit([p])
+            return
+        for p, r in zip(batch, results, strict=True):
+            if not p.done.done():
+                p.done.set_result(r)
