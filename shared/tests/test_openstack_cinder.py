@@ -30,6 +30,7 @@ from berth_shared.backends import (
 from berth_shared.backends.cinder import CinderBackend, connection_context, node_instance
 from berth_shared.backends.openstack_common import GIB, META_VOLUME
 from berth_shared.backends.openstack_discovery import offered_types
+from berth_shared.backends.publish import publish_context, withdraw
 from berth_shared.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from berth_shared.node import ceph as node_ceph
 from berth_shared.node import staging
@@ -467,4 +468,18 @@ async def test_node_stages_a_cinder_rbd_connection(
     with pytest.raises(InvalidArgument, match="iscsi"):
         await staging.stage(staging.StageRequest(vid, {**ctx, "driver": "iscsi"}, node_id, None, tmp_path / "w"))
     await b.detach(vid, node_id)
+    await b.delete_volume(vid)
+
+
+async def test_publish_helpers_attach_through_cinder(make: Callable[..., CinderBackend]) -> None:
+    """What the attacher calls on publish/unpublish: a Cinder attachment for the node, then
+    none (and again none: idempotent)."""
+    b, vid = make(), _id()
+    await b.create_volume(vid, GIB)
+    ctx = await publish_context(b, vid, "node-p", readonly=False)
+    assert ctx["driver"] == "rbd" and ctx["user"] == "admin" and ctx["conf"]
+    assert len(await b.attached_nodes(vid)) == 1
+    await withdraw(b, vid, "node-p")
+    await withdraw(b, vid, "node-p")
+    assert await b.attached_nodes(vid) == []
     await b.delete_volume(vid)
