@@ -363,3 +363,25 @@ def test_event_subject_rejects_unsafe_tokens(token: str) -> None:
     for args in ((token, "volume", "created"), ("t", token, "created"), ("t", "volume", token)):
         with pytest.raises(ValueError):
             event_subject(*args)
+
+
+# -- lifecycles ----------------------------------------------------------------------
+
+
+def test_lifecycle_refuses_what_it_does_not_declare() -> None:
+    from berth_shared.lifecycle import GONE, Lifecycle, TransitionNotAllowed
+
+    door = Lifecycle(
+        "door", ["open", "shut"], [("close", "open", "shut"), ("open", "shut", "open"), ("burn", "shut", GONE)]
+    )
+    assert door.target("open", "close") == "shut"
+    assert door.target("shut", "burn") is GONE
+    assert door.sources("close") == {"open"}
+    assert not door.allows("shut", "close")
+    with pytest.raises(TransitionNotAllowed) as exc:
+        door.target("shut", "close")
+    assert (exc.value.resource, exc.value.state, exc.value.event) == ("door", "shut", "close")
+    with pytest.raises(ValueError, match="unknown states"):
+        Lifecycle("door", ["open"], [("close", "open", "ajar")])
+    with pytest.raises(ValueError, match="declared twice"):
+        Lifecycle("door", ["open", "shut"], [("close", "open", "shut"), ("close", "open", "open")])

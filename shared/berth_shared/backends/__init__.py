@@ -13,10 +13,12 @@ from berth_shared.backends.base import (
     TrashItem,
     Unsupported,
 )
+from berth_shared.backends.cache import BackendCache
 from berth_shared.backends.registry import build_backend, validate_backend_config
 
 __all__ = [
     "Backend",
+    "BackendCache",
     "BackendError",
     "Capacity",
     "FenceTarget",

@@ -144,6 +144,9 @@ class FileBackend:
         self.trash_dir = root / "trash"
         self.qos_cgroup = qos_cgroup
 
+    async def close(self) -> None:
+        """Nothing to drop: the file backend holds no connection."""
+
     def _prepare(self) -> None:
         self.volumes.mkdir(parents=True, exist_ok=True)
         self.snapshots.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, event, text
+from sqlalchemy import CursorResult, Result, Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -19,6 +20,12 @@ _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # used with fullmatch: `$` would
 def affected(result: Result[Any]) -> int:
     """Rows changed by an UPDATE/DELETE (the conditional-update idiom relies on it)."""
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+async def insert_ignore(session: AsyncSession, table: Table, values: dict[str, Any]) -> None:
+    """INSERT that does nothing when the row exists (both dialects)."""
+    ins: Any = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+    await session.execute(ins.values(**values).on_conflict_do_nothing())
 
 
 @dataclass

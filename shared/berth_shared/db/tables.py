@@ -19,6 +19,8 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
+from berth_shared.clock import now
+
 
 @dataclass(frozen=True)
 class BusTables:
@@ -36,7 +38,7 @@ def add_bus_tables(metadata: MetaData) -> BusTables:
         Column("event_id", String(64), nullable=False, unique=True),
         Column("subject", String(255), nullable=False),
         Column("payload", Text, nullable=False),
-        Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
+        Column("created_at", UTCDateTime(), nullable=False, default=now),
         Column("published_at", UTCDateTime(), nullable=True, index=True),
     )
     processed = Table(
@@ -44,7 +46,7 @@ def add_bus_tables(metadata: MetaData) -> BusTables:
         metadata,
         Column("consumer", String(128), primary_key=True),
         Column("event_id", String(64), primary_key=True),
-        Column("processed_at", UTCDateTime(), nullable=False, default=utcnow),
+        Column("processed_at", UTCDateTime(), nullable=False, default=now),
     )
     parked = Table(
         "parked_messages",
@@ -56,7 +58,7 @@ def add_bus_tables(metadata: MetaData) -> BusTables:
         Column("payload", Text, nullable=False),
         Column("reason", Text, nullable=False),
         Column("deliveries", Integer, nullable=False),
-        Column("parked_at", UTCDateTime(), nullable=False, default=utcnow),
+        Column("parked_at", UTCDateTime(), nullable=False, default=now),
     )
     return BusTables(outbox, processed, parked)
 
@@ -78,10 +80,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def timestamp(name: str) -> Column[datetime]:
     """A NOT NULL UTC timestamp column set on insert (created_at, updated_at)."""
-    return Column(name, UTCDateTime(), nullable=False, default=utcnow)
+    return Column(name, UTCDateTime(), nullable=False, default=now)
