@@ -307,7 +307,7 @@ async def measure(
         async def in_process(prefix: str, i: int) -> None:
             req = request(prefix, i)
             watch.sent[req.name] = time.perf_counter()
-            vol = await svc.create_volume(principal, req, wait_s)
+            vol = await svc.volumes.create(principal, req, wait_s)
             if vol.status != "available":
                 raise RuntimeError(f"volume {req.name} is {vol.status}")
 

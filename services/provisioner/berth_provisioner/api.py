@@ -53,7 +53,7 @@ router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 @router.post("/volumes", status_code=status.HTTP_201_CREATED, tags=["volumes"])
 async def create_volume(body: VolumeCreate, request: Request, caller: Caller) -> Volume:
     """Create a volume. The name is the idempotency key: the same request again returns the same volume."""
-    return await _svc(request).create_volume(caller, body, _wait(request))
+    return await _svc(request).volumes.create(caller, body, _wait(request))
 
 
 @router.get("/volumes", tags=["volumes"])
@@ -64,30 +64,30 @@ async def list_volumes(
     starting_token: QueryId = None,
     tenant: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z0-9_][a-z0-9_\-]*$")] = None,
 ) -> VolumeList:
-    return await _svc(request).list_volumes(
+    return await _svc(request).volumes.list(
         caller, ListQuery(limit=limit, starting_token=starting_token, tenant=tenant)
     )
 
 
 @router.get("/volumes/{volume_id}", tags=["volumes"])
 async def get_volume(volume_id: PathId, request: Request, caller: Caller) -> Volume:
-    return await _svc(request).get_volume(caller, volume_id)
+    return await _svc(request).volumes.get(caller, volume_id)
 
 
 @router.post("/volumes/{volume_id}/expand", tags=["volumes"])
 async def expand_volume(volume_id: PathId, body: VolumeExpandBody, request: Request, caller: Caller) -> Volume:
-    return await _svc(request).expand_volume(caller, volume_id, body.size_gib, _wait(request))
+    return await _svc(request).volumes.expand(caller, volume_id, body.size_gib, _wait(request))
 
 
 @router.delete("/volumes/{volume_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["volumes"])
 async def delete_volume(volume_id: PathId, request: Request, caller: Caller) -> Response:
-    await _svc(request).delete_volume(caller, volume_id, _wait(request))
+    await _svc(request).volumes.delete(caller, volume_id, _wait(request))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/snapshots", status_code=status.HTTP_201_CREATED, tags=["snapshots"])
 async def create_snapshot(body: SnapshotCreate, request: Request, caller: Caller) -> Snapshot:
-    return await _svc(request).create_snapshot(caller, body, _wait(request))
+    return await _svc(request).snapshots.create(caller, body, _wait(request))
 
 
 @router.get("/snapshots", tags=["snapshots"])
@@ -99,56 +99,56 @@ async def list_snapshots(
     starting_token: QueryId = None,
 ) -> SnapshotList:
     q = SnapshotListQuery(volume_id=volume_id, limit=limit, starting_token=starting_token)
-    return await _svc(request).list_snapshots(caller, q)
+    return await _svc(request).snapshots.list(caller, q)
 
 
 @router.get("/snapshots/{snapshot_id}", tags=["snapshots"])
 async def get_snapshot(snapshot_id: PathId, request: Request, caller: Caller) -> Snapshot:
-    return await _svc(request).get_snapshot(caller, snapshot_id)
+    return await _svc(request).snapshots.get(caller, snapshot_id)
 
 
 @router.delete("/snapshots/{snapshot_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["snapshots"])
 async def delete_snapshot(snapshot_id: PathId, request: Request, caller: Caller) -> Response:
-    await _svc(request).delete_snapshot(caller, snapshot_id, _wait(request))
+    await _svc(request).snapshots.delete(caller, snapshot_id, _wait(request))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/clusters", status_code=status.HTTP_201_CREATED, tags=["clusters (admin)"])
 async def register_cluster(body: ClusterRegister, request: Request, caller: Caller) -> Cluster:
     """Register a storage cluster; an active one takes new volumes at once."""
-    return await _svc(request).register_cluster(caller, body)
+    return await _svc(request).clusters.register(caller, body)
 
 
 @router.get("/clusters", tags=["clusters (admin)"])
 async def list_clusters(request: Request, caller: Caller) -> ClusterList:
-    return await _svc(request).list_clusters(caller)
+    return await _svc(request).clusters.list(caller)
 
 
 @router.patch("/clusters/{cluster_id}", tags=["clusters (admin)"])
 async def update_cluster(cluster_id: PathId, body: ClusterPatch, request: Request, caller: Caller) -> Cluster:
     """Change a cluster's state (active/draining/readonly), capacity, ratio, types or tenants."""
-    return await _svc(request).update_cluster(
+    return await _svc(request).clusters.update(
         caller, ClusterUpdate(id=cluster_id, **body.model_dump(exclude_unset=True))
     )
 
 
 @router.post("/volume-types", status_code=status.HTTP_201_CREATED, tags=["volume types"])
 async def create_volume_type(body: VolumeTypeCreate, request: Request, caller: Caller) -> VolumeType:
-    return await _svc(request).create_volume_type(caller, body)
+    return await _svc(request).volume_types.create(caller, body)
 
 
 @router.get("/volume-types", tags=["volume types"])
 async def list_volume_types(request: Request, caller: Caller) -> VolumeTypeList:
-    return await _svc(request).list_volume_types()
+    return await _svc(request).volume_types.list()
 
 
 @router.put("/quotas/{tenant}", tags=["quotas"])
 async def set_quota(tenant: PathTenant, body: QuotaLimits, request: Request, caller: Caller) -> Quota:
-    return await _svc(request).set_quota(
+    return await _svc(request).quotas.set(
         caller, QuotaSet(tenant=tenant, volumes=body.volumes, gigabytes=body.gigabytes)
     )
 
 
 @router.get("/quotas/{tenant}", tags=["quotas"])
 async def get_quota(tenant: PathTenant, request: Request, caller: Caller) -> Quota:
-    return await _svc(request).get_quota(caller, tenant)
+    return await _svc(request).quotas.get(caller, tenant)

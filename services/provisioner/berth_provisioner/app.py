@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def on_start(rt: Runtime) -> None:
         svc: Provisioner = app.state.provisioner
         if settings.bootstrap_file_cluster:
-            await svc.bootstrap_file_cluster(str((settings.data_dir / "clusters" / "local").resolve()))
+            await svc.clusters.bootstrap_file_cluster(str((settings.data_dir / "clusters" / "local").resolve()))
         await svc.runner.resume_all()
         svc.runner.start_sweeper()
 

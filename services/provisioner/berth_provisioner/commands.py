@@ -34,70 +34,70 @@ from berth_shared.messages.provisioner import (
 def register_commands(server: CommandServer, svc: Provisioner) -> None:
     @server.command(f"{PREFIX}.volume.create", VolumeCreate)
     async def volume_create(req: VolumeCreate, ctx: CommandContext) -> Volume:
-        return await svc.create_volume(ctx.principal, req, ctx.remaining_s())
+        return await svc.volumes.create(ctx.principal, req, ctx.remaining_s())
 
     @server.command(f"{PREFIX}.volume.get", ById)
     async def volume_get(req: ById, ctx: CommandContext) -> Volume:
-        return await svc.get_volume(ctx.principal, req.id)
+        return await svc.volumes.get(ctx.principal, req.id)
 
     @server.command(f"{PREFIX}.volume.list", ListQuery)
     async def volume_list(req: ListQuery, ctx: CommandContext) -> VolumeList:
-        return await svc.list_volumes(ctx.principal, req)
+        return await svc.volumes.list(ctx.principal, req)
 
     @server.command(f"{PREFIX}.volume.expand", VolumeExpand)
     async def volume_expand(req: VolumeExpand, ctx: CommandContext) -> Volume:
-        return await svc.expand_volume(ctx.principal, req.id, req.size_gib, ctx.remaining_s())
+        return await svc.volumes.expand(ctx.principal, req.id, req.size_gib, ctx.remaining_s())
 
     @server.command(f"{PREFIX}.volume.delete", ById)
     async def volume_delete(req: ById, ctx: CommandContext) -> Empty:
-        await svc.delete_volume(ctx.principal, req.id, ctx.remaining_s())
+        await svc.volumes.delete(ctx.principal, req.id, ctx.remaining_s())
         return Empty()
 
     @server.command(f"{PREFIX}.volume.locate", ById)
     async def volume_locate(req: ById, ctx: CommandContext) -> VolumeLocation:
-        return await svc.locate_volume(ctx.principal, req.id)
+        return await svc.volumes.locate(ctx.principal, req.id)
 
     @server.command(f"{PREFIX}.snapshot.create", SnapshotCreate)
     async def snapshot_create(req: SnapshotCreate, ctx: CommandContext) -> Snapshot:
-        return await svc.create_snapshot(ctx.principal, req, ctx.remaining_s())
+        return await svc.snapshots.create(ctx.principal, req, ctx.remaining_s())
 
     @server.command(f"{PREFIX}.snapshot.get", ById)
     async def snapshot_get(req: ById, ctx: CommandContext) -> Snapshot:
-        return await svc.get_snapshot(ctx.principal, req.id)
+        return await svc.snapshots.get(ctx.principal, req.id)
 
     @server.command(f"{PREFIX}.snapshot.list", SnapshotListQuery)
     async def snapshot_list(req: SnapshotListQuery, ctx: CommandContext) -> SnapshotList:
-        return await svc.list_snapshots(ctx.principal, req)
+        return await svc.snapshots.list(ctx.principal, req)
 
     @server.command(f"{PREFIX}.snapshot.delete", ById)
     async def snapshot_delete(req: ById, ctx: CommandContext) -> Empty:
-        await svc.delete_snapshot(ctx.principal, req.id, ctx.remaining_s())
+        await svc.snapshots.delete(ctx.principal, req.id, ctx.remaining_s())
         return Empty()
 
     @server.command(f"{PREFIX}.cluster.register", ClusterRegister)
     async def cluster_register(req: ClusterRegister, ctx: CommandContext) -> Cluster:
-        return await svc.register_cluster(ctx.principal, req)
+        return await svc.clusters.register(ctx.principal, req)
 
     @server.command(f"{PREFIX}.cluster.update", ClusterUpdate)
     async def cluster_update(req: ClusterUpdate, ctx: CommandContext) -> Cluster:
-        return await svc.update_cluster(ctx.principal, req)
+        return await svc.clusters.update(ctx.principal, req)
 
     @server.command(f"{PREFIX}.cluster.list", NoArgs)
     async def cluster_list(req: NoArgs, ctx: CommandContext) -> ClusterList:
-        return await svc.list_clusters(ctx.principal)
+        return await svc.clusters.list(ctx.principal)
 
     @server.command(f"{PREFIX}.type.create", VolumeTypeCreate)
     async def type_create(req: VolumeTypeCreate, ctx: CommandContext) -> VolumeType:
-        return await svc.create_volume_type(ctx.principal, req)
+        return await svc.volume_types.create(ctx.principal, req)
 
     @server.command(f"{PREFIX}.type.list", NoArgs)
     async def type_list(req: NoArgs, ctx: CommandContext) -> VolumeTypeList:
-        return await svc.list_volume_types()
+        return await svc.volume_types.list()
 
     @server.command(f"{PREFIX}.quota.set", QuotaSet)
     async def quota_set(req: QuotaSet, ctx: CommandContext) -> Quota:
-        return await svc.set_quota(ctx.principal, req)
+        return await svc.quotas.set(ctx.principal, req)
 
     @server.command(f"{PREFIX}.quota.get", QuotaGet)
     async def quota_get(req: QuotaGet, ctx: CommandContext) -> Quota:
-        return await svc.get_quota(ctx.principal, req.tenant)
+        return await svc.quotas.get(ctx.principal, req.tenant)

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -16,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_provisioner import tables as t
 from berth_shared.backends import BackendError
+from berth_shared.clock import now
 from berth_shared.db import Database, affected
 from berth_shared.errors import Aborted, BerthError, DeadlineExceeded, FailedPrecondition
+from berth_shared.ids import new_id
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,6 @@ MAX_ATTEMPTS = 5
 Step = Callable[[dict[str, Any]], Awaitable[None]]
 # A finish step may mark its operation done in its own transaction (saving one) and say so.
 Finish = Callable[[dict[str, Any]], Awaitable[bool | None]]
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 class OperationRunner:

@@ -1,0 +1,65 @@
+"""The volumes table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Row, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from berth_provisioner import tables as t
+from berth_provisioner.lifecycle import VOLUME
+from berth_shared.clock import now
+from berth_shared.db import affected
+from berth_shared.lifecycle import GONE
+from berth_shared.messages.provisioner import Volume
+
+v = t.volumes.c
+
+
+def out(row: Row[Any]) -> Volume:
+    return Volume.model_validate(row._mapping, from_attributes=False)
+
+
+async def by_id(session: AsyncSession, tenant: str | None, volume_id: str, *, lock: bool = False) -> Row[Any] | None:
+    """`tenant` None: any tenant's. `lock` takes the row (FOR UPDATE) until the transaction
+    ends; SQLite ignores it (it serialises writers anyway)."""
+    q = select(t.volumes).where(v.id == volume_id)
+    if tenant is not None:
+        q = q.where(v.tenant == tenant)
+    if lock:
+        q = q.with_for_update()
+    return (await session.execute(q)).first()
+
+
+async def by_name(session: AsyncSession, tenant: str, name: str) -> Row[Any] | None:
+    return (await session.execute(select(t.volumes).where(v.tenant == tenant, v.name == name))).first()
+
+
+async def page(session: AsyncSession, tenant: str, limit: int, after: str | None) -> list[Row[Any]]:
+    """Up to `limit` + 1 volumes of a tenant by id after `after` (the extra one says "more")."""
+    q = select(t.volumes).where(v.tenant == tenant).order_by(v.id).limit(limit + 1)
+    if after:
+        q = q.where(v.id > after)
+    return list((await session.execute(q)).all())
+
+
+async def insert(session: AsyncSession, **values: Any) -> None:
+    await session.execute(t.volumes.insert().values(**values))
+
+
+async def move(
+    session: AsyncSession, volume_id: str, status: str, event: str, *, size_gib_was: int | None = None, **values: Any
+) -> bool:
+    """Apply the lifecycle's `event` to a volume last seen in `status` (and, if given, of
+    `size_gib_was` GiB); False when it has moved on meanwhile. A transition to GONE deletes
+    the row."""
+    target = VOLUME.target(status, event)
+    where = [v.id == volume_id, v.status == status]
+    if size_gib_was is not None:
+        where.append(v.size_gib == size_gib_was)
+    if target is GONE:
+        res = await session.execute(t.volumes.delete().where(*where))
+    else:
+        res = await session.execute(update(t.volumes).where(*where).values(status=target, updated_at=now(), **values))
+    return affected(res) == 1

@@ -1,0 +1,268 @@
+"""Volumes: create (with placement), read, expand and delete, over HTTP and the bus alike.
+
+Each mutation is three steps: (1) one transaction that validates, reserves quota and
+cluster room, moves the record along its lifecycle and writes an operation row; (2) the
+idempotent backend call; (3) one transaction that commits the final status with its event
+in the outbox. Steps 2 and 3 are the operation (volume_ops.py), resumed after a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from berth_provisioner import repo
+from berth_provisioner.context import Context
+from berth_provisioner.lifecycle import SOURCE_SNAPSHOT_STATUSES, SOURCE_VOLUME_STATUSES, VOLUME, VolumeStatus
+from berth_provisioner.placement import NoValidCluster, PlacementRequest, rank
+from berth_shared.auth import Principal
+from berth_shared.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
+from berth_shared.faults import checkpoint
+from berth_shared.ids import new_id
+from berth_shared.messages.common import ListQuery
+from berth_shared.messages.provisioner import Volume, VolumeCreate, VolumeList, VolumeLocation
+
+
+@dataclass(frozen=True)
+class Started:
+    """A create recorded with its operation, ready to run."""
+
+    volume_id: str
+    op: dict[str, Any]
+
+
+def _not_found(volume_id: str) -> NotFound:
+    return NotFound(f"volume {volume_id} not found", reason="volume_not_found")
+
+
+class Volumes:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # -- create ------------------------------------------------------------------
+
+    async def create(self, p: Principal, req: VolumeCreate, wait_s: float) -> Volume:
+        try:
+            started = await self._start_create(p, req)
+        except IntegrityError:
+            # A concurrent create with the same name won the race: answer as a replay.
+            async with self.ctx.db.sessions() as s:
+                existing = await repo.volumes.by_name(s, p.tenant, req.name)
+            if existing is None:
+                raise
+            return await self._replay_create(existing, req, wait_s)
+        if not isinstance(started, Started):
+            return await self._replay_create(started, req, wait_s)
+        checkpoint("volume.create.after_record")
+        self.ctx.runner.launch(started.op["id"], fresh=started.op)
+        await self.ctx.runner.wait(started.op["id"], wait_s)
+        return await self.get(p, started.volume_id)
+
+    async def _replay_create(self, row: Row[Any], req: VolumeCreate, wait_s: float) -> Volume:
+        same = (
+            row.size_gib == req.size_gib
+            and row.volume_type == req.volume_type
+            and (req.zone is None or row.zone == req.zone)
+            and row.source_snapshot_id == req.source_snapshot_id
+            and row.source_volume_id == req.source_volume_id
+        )
+        if not same:
+            raise AlreadyExists(f"volume {req.name!r} already exists with a different specification", volume_id=row.id)
+        if row.status == VolumeStatus.CREATING:
+            await self._follow(row.id, "volume.create", wait_s)
+        async with self.ctx.db.sessions() as s:
+            fresh = await repo.volumes.by_id(s, row.tenant, row.id)
+        if fresh is None:
+            raise NotFound(f"volume {req.name!r} failed to create and was rolled back; retry")
+        return repo.volumes.out(fresh)
+
+    async def _follow(self, resource_id: str, kind: str, wait_s: float) -> None:
+        """Run (or wait for) the resource's pending operation of this kind, if any."""
+        async with self.ctx.db.sessions() as s:
+            op_id = await repo.operations.pending(s, resource_id, kind)
+        if op_id:
+            self.ctx.runner.launch(op_id)
+            await self.ctx.runner.wait(op_id, wait_s)
+
+    async def _start_create(self, p: Principal, req: VolumeCreate) -> Started | Row[Any]:
+        """Record the volume and its operation in one transaction; or, when the name is
+        taken, return the existing row so the caller answers as a replay."""
+        volume_id = new_id("vol")
+        async with self.ctx.db.sessions() as s:
+            clusters = await repo.clusters.all_rows(s)
+        free = await self.ctx.free_fractions(clusters)
+        async with self.ctx.db.transaction() as s:
+            existing = await repo.volumes.by_name(s, p.tenant, req.name)
+            if existing is not None:
+                return existing
+            if await repo.volume_types.by_name(s, req.volume_type) is None:
+                raise InvalidArgument(f"unknown volume type {req.volume_type!r}", reason="unknown_volume_type")
+            pinned_cluster = await self._source_cluster(s, p, req)
+            await repo.accounting.reserve_quota(s, p.tenant, 1, req.size_gib, self.ctx.default_quota)
+            cluster = await self._place(s, p.tenant, req, pinned_cluster, free)
+            await repo.volumes.insert(
+                s,
+                id=volume_id,
+                tenant=p.tenant,
+                name=req.name,
+                size_gib=req.size_gib,
+                volume_type=req.volume_type,
+                zone=cluster.zone,
+                cluster_id=cluster.id,
+                status=VolumeStatus.CREATING,
+                source_snapshot_id=req.source_snapshot_id,
+                source_volume_id=req.source_volume_id,
+            )
+            op = self.ctx.runner.values("volume.create", volume_id, p.tenant, {"volume_id": volume_id})
+            await repo.operations.insert(s, op)
+        return Started(volume_id, op)
+
+    async def _source_cluster(self, s: AsyncSession, p: Principal, req: VolumeCreate) -> str | None:
+        if req.source_snapshot_id:
+            snap = await repo.snapshots.by_id(s, p.tenant, req.source_snapshot_id)
+            if snap is None:
+                raise NotFound(f"snapshot {req.source_snapshot_id} not found", reason="snapshot_not_found")
+            if snap.status not in SOURCE_SNAPSHOT_STATUSES:
+                raise FailedPrecondition(f"snapshot {snap.id} is {snap.status}", reason="snapshot_not_ready")
+            if req.size_gib < snap.size_gib:
+                raise OutOfRange(f"size_gib must be at least the snapshot's {snap.size_gib} GiB")
+            return str(snap.cluster_id)
+        if req.source_volume_id:
+            src = await repo.volumes.by_id(s, p.tenant, req.source_volume_id)
+            if src is None:
+                raise _not_found(req.source_volume_id)
+            if src.status not in SOURCE_VOLUME_STATUSES:
+                raise FailedPrecondition(f"volume {src.id} is {src.status}", reason="volume_not_ready")
+            if req.size_gib < src.size_gib:
+                raise OutOfRange(f"size_gib must be at least the source volume's {src.size_gib} GiB")
+            return str(src.cluster_id)
+        return None
+
+    async def _place(
+        self, s: AsyncSession, tenant: str, req: VolumeCreate, pinned: str | None, free: dict[str, float | None]
+    ) -> Row[Any]:
+        rows = {r.id: r for r in await repo.clusters.all_rows(s, only=pinned)}
+        views = [repo.clusters.view(r, free.get(r.id)) for r in rows.values()]
+        preq = PlacementRequest(tenant=tenant, size_gib=req.size_gib, volume_type=req.volume_type, zone=req.zone)
+        try:
+            ranked = rank(views, preq)
+        except NoValidCluster as exc:
+            raise ResourceExhausted(
+                str(exc), reason="no_valid_cluster", rejections=[r.__dict__ for r in exc.rejections]
+            ) from exc
+        for view in ranked:
+            # Conditional: concurrent creates cannot push a cluster past its limit.
+            if await repo.accounting.take_room(s, view.id, req.size_gib, 1, active_only=True):
+                return rows[view.id]
+        raise ResourceExhausted("storage clusters filled up while placing the volume; retry", reason="no_valid_cluster")
+
+    # -- read --------------------------------------------------------------------
+
+    async def get(self, p: Principal, volume_id: str) -> Volume:
+        async with self.ctx.db.sessions() as s:
+            row = await repo.volumes.by_id(s, None if p.is_admin else p.tenant, volume_id)
+        if row is None:
+            raise _not_found(volume_id)
+        return repo.volumes.out(row)
+
+    async def locate(self, p: Principal, volume_id: str) -> VolumeLocation:
+        """The volume with its cluster's backend kind and config: for services, not tenants."""
+        p.require_admin()
+        async with self.ctx.db.sessions() as s:
+            row = await repo.volumes.by_id(s, None, volume_id)
+            if row is None:
+                raise _not_found(volume_id)
+            cluster = await repo.clusters.by_id(s, row.cluster_id)
+            assert cluster is not None  # a foreign key
+        return VolumeLocation(volume=repo.volumes.out(row), backend=cluster.backend, config=dict(cluster.config))
+
+    async def list(self, p: Principal, q: ListQuery) -> VolumeList:
+        tenant = q.tenant if (p.is_admin and q.tenant) else p.tenant
+        async with self.ctx.db.sessions() as s:
+            rows = await repo.volumes.page(s, tenant, q.limit, q.starting_token)
+        items = [repo.volumes.out(r) for r in rows[: q.limit]]
+        return VolumeList(items=items, next_token=items[-1].id if len(rows) > q.limit else None)
+
+    # -- delete ------------------------------------------------------------------
+
+    async def delete(self, p: Principal, volume_id: str, wait_s: float) -> None:
+        op_id = await self._start_delete(p, volume_id)
+        checkpoint("volume.delete.after_record")
+        self.ctx.runner.launch(op_id)
+        await self.ctx.runner.wait(op_id, wait_s)
+        # A delete the backend refused (RBD: the image still has watchers) left the volume in
+        # "error": say so, instead of a success for a volume that still exists.
+        failure = await self.ctx.runner.failure(op_id)
+        if failure is not None:
+            raise failure
+
+    async def _start_delete(self, p: Principal, volume_id: str) -> str:
+        async with self.ctx.db.transaction() as s:
+            vol = await repo.volumes.by_id(s, p.tenant, volume_id)
+            if vol is None:
+                raise _not_found(volume_id)
+            if vol.status == VolumeStatus.DELETING:
+                op_id = await repo.operations.pending(s, volume_id, "volume.delete")
+                if op_id:
+                    return op_id
+            if not VOLUME.allows(vol.status, "delete"):
+                raise Aborted(f"volume {volume_id} is {vol.status}; retry once that finishes")
+            if not await repo.volumes.move(s, volume_id, vol.status, "delete"):
+                raise Aborted(f"volume {volume_id} changed concurrently; retry")
+            # Counted only once the row is ours: a snapshot that took the volume's lock
+            # first (see Snapshots._start) has committed by now and is seen here.
+            if await repo.snapshots.count_of_volume(s, volume_id) > 0:
+                raise FailedPrecondition(
+                    f"volume {volume_id} has snapshots; delete them first", reason="volume_has_snapshots"
+                )
+            op = self.ctx.runner.values("volume.delete", volume_id, vol.tenant, {"volume_id": volume_id})
+            await repo.operations.insert(s, op)
+            return str(op["id"])
+
+    # -- expand ------------------------------------------------------------------
+
+    async def expand(self, p: Principal, volume_id: str, size_gib: int, wait_s: float) -> Volume:
+        op_id = await self._start_expand(p, volume_id, size_gib)
+        if op_id:
+            self.ctx.runner.launch(op_id)
+            await self.ctx.runner.wait(op_id, wait_s)
+        return await self.get(p, volume_id)
+
+    async def _start_expand(self, p: Principal, volume_id: str, size_gib: int) -> str | None:
+        async with self.ctx.db.transaction() as s:
+            vol = await repo.volumes.by_id(s, p.tenant, volume_id)
+            if vol is None:
+                raise _not_found(volume_id)
+            if vol.status == VolumeStatus.EXPANDING:
+                op_id = await repo.operations.pending(s, volume_id, "volume.expand")
+                if op_id and (await repo.operations.params(s, op_id))["size_gib"] == size_gib:
+                    return op_id
+                raise Aborted(f"volume {volume_id} is being expanded; retry once that finishes")
+            if not VOLUME.allows(vol.status, "expand"):
+                raise Aborted(f"volume {volume_id} is {vol.status}; retry once that finishes")
+            if size_gib < vol.size_gib:
+                raise OutOfRange(f"volumes only grow: {volume_id} has {vol.size_gib} GiB, asked {size_gib}")
+            if size_gib == vol.size_gib:
+                return None
+            # Claim the volume first and only from the state read above: on PostgreSQL two
+            # concurrent expands both read "available", and an unconditional claim let both
+            # reserve quota and cluster room while only one expand could ever release it.
+            if not await repo.volumes.move(s, volume_id, vol.status, "expand", size_gib_was=vol.size_gib):
+                raise Aborted(f"volume {volume_id} changed concurrently; retry")
+            await repo.accounting.reserve_growth(s, vol, size_gib - vol.size_gib, self.ctx.default_quota)
+            params = {"volume_id": volume_id, "size_gib": size_gib, "from_gib": vol.size_gib}
+            op = self.ctx.runner.values("volume.expand", volume_id, vol.tenant, params)
+            await repo.operations.insert(s, op)
+            return str(op["id"])

@@ -1,0 +1,86 @@
+"""The volume and snapshot lifecycles (pure), as a table: every (status, event) pair either
+moves to the listed status or is refused."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from berth_provisioner.lifecycle import (
+    SNAPSHOT,
+    SOURCE_SNAPSHOT_STATUSES,
+    SOURCE_VOLUME_STATUSES,
+    VOLUME,
+    SnapshotStatus,
+    VolumeStatus,
+)
+from berth_shared.lifecycle import GONE, Lifecycle, TransitionNotAllowed
+from berth_shared.messages import provisioner as contract
+
+REFUSED = "refused"
+
+VOLUME_TABLE: dict[tuple[str, str], str | None] = {
+    ("creating", "created"): "available",
+    ("creating", "create_failed"): GONE,
+    ("available", "expand"): "expanding",
+    ("expanding", "expanded"): "available",
+    ("expanding", "expand_failed"): "available",
+    ("available", "delete"): "deleting",
+    ("error", "delete"): "deleting",
+    ("deleting", "deleted"): GONE,
+    ("deleting", "delete_failed"): "error",
+}
+
+SNAPSHOT_TABLE: dict[tuple[str, str], str | None] = {
+    ("creating", "created"): "available",
+    ("creating", "create_failed"): GONE,
+    ("available", "delete"): "deleting",
+    ("error", "delete"): "deleting",
+    ("deleting", "deleted"): GONE,
+    ("deleting", "delete_failed"): "error",
+}
+
+
+def every_pair(table: dict[tuple[str, str], str | None], states: type) -> list[tuple[str, str, str | None]]:
+    events = sorted({e for _, e in table})
+    return [(s.value, e, table.get((s.value, e), REFUSED)) for s in states for e in events]
+
+
+def check(machine: Lifecycle, state: str, event: str, expected: str | None) -> None:
+    if expected == REFUSED:
+        assert not machine.allows(state, event)
+        with pytest.raises(TransitionNotAllowed):
+            machine.target(state, event)
+    else:
+        assert machine.allows(state, event)
+        assert machine.target(state, event) == expected
+
+
+@pytest.mark.parametrize(("state", "event", "expected"), every_pair(VOLUME_TABLE, VolumeStatus))
+def test_volume_transitions(state: str, event: str, expected: str | None) -> None:
+    check(VOLUME, state, event, expected)
+
+
+@pytest.mark.parametrize(("state", "event", "expected"), every_pair(SNAPSHOT_TABLE, SnapshotStatus))
+def test_snapshot_transitions(state: str, event: str, expected: str | None) -> None:
+    check(SNAPSHOT, state, event, expected)
+
+
+def test_the_tables_are_the_whole_lifecycles() -> None:
+    assert {(t.source, t.event): t.target for t in VOLUME.transitions} == VOLUME_TABLE
+    assert {(t.source, t.event): t.target for t in SNAPSHOT.transitions} == SNAPSHOT_TABLE
+
+
+def test_statuses_are_the_bus_contracts() -> None:
+    assert set(VolumeStatus) == set(get_args(contract.VolumeStatus))
+    assert set(SnapshotStatus) == set(get_args(contract.SnapshotStatus))
+
+
+def test_busy_volumes_are_neither_deleted_nor_expanded_nor_sources() -> None:
+    for busy in ("creating", "expanding", "deleting"):
+        assert not VOLUME.allows(busy, "delete")
+        assert not VOLUME.allows(busy, "expand")
+        assert busy not in SOURCE_VOLUME_STATUSES
+    assert {"available"} == SOURCE_VOLUME_STATUSES
+    assert {"available"} == SOURCE_SNAPSHOT_STATUSES
