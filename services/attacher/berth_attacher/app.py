@@ -11,9 +11,10 @@ from fastapi import FastAPI
 from berth_attacher.api import router
 from berth_attacher.commands import register_commands
 from berth_attacher.config import AttacherSettings
+from berth_attacher.context import Tainter
 from berth_attacher.locator import Locator
 from berth_attacher.monitor import run_monitor
-from berth_attacher.service import Attacher, Tainter
+from berth_attacher.service import Attacher
 from berth_attacher.tables import bus_tables
 from berth_shared.bus.lease import Lease
 from berth_shared.runtime import Runtime, build_app, service_token
@@ -40,7 +41,7 @@ def create_app(settings: AttacherSettings) -> FastAPI:
 
     async def on_start(rt: Runtime) -> None:
         svc: Attacher = app.state.attacher
-        await svc.resume_fences()
+        await svc.fencing.resume()
         lease = Lease(rt.bus, f"attacher-monitor-{settings.schema_name}", owner, ttl_s=max(5.0, settings.dead_after_s))
         rt.background.append(asyncio.create_task(run_monitor(svc, lease, settings.monitor_interval_s)))
 

@@ -3,11 +3,10 @@ the provisioner's tables), with the backend built once per cluster."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from berth_shared.backends import Backend, build_backend
+from berth_shared.backends import Backend, BackendCache
 from berth_shared.bus import Bus
 from berth_shared.messages.provisioner import PREFIX, VolumeLocation
 
@@ -27,7 +26,7 @@ class Locator:
         self.bus = bus
         self.token = service_token
         self.timeout = timeout
-        self._backends: dict[str, Backend] = {}
+        self._backends = BackendCache()
 
     async def locate(self, volume_id: str) -> Located:
         loc = await self.bus.request_model(
@@ -42,18 +41,9 @@ class Locator:
             status=loc.volume.status,
         )
 
+    def backend(self, cluster_id: str, kind: str, config: dict[str, Any]) -> Backend:
+        return self._backends.get(cluster_id, kind, config)
+
     async def close(self) -> None:
         """Drop the backends' connections (Ceph: each holds a librados client)."""
-        backends, self._backends = list(self._backends.values()), {}
-        for backend in backends:
-            close = getattr(backend, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):  # shutting down anyway
-                    await close()
-
-    def backend(self, cluster_id: str, kind: str, config: dict[str, Any]) -> Backend:
-        backend = self._backends.get(cluster_id)
-        if backend is None:
-            backend = build_backend(kind, config)
-            self._backends[cluster_id] = backend
-        return backend
+        await self._backends.close()

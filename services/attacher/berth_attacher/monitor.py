@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from berth_attacher.service import Attacher, now
+from berth_attacher.service import Attacher
 from berth_shared.bus.lease import Lease
+from berth_shared.clock import now
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,10 @@ async def run_monitor(attacher: Attacher, lease: Lease, interval_s: float) -> No
                     reconnects = None
                 elif count != reconnects:
                     reconnects = count
-                    attacher.heard_since = now()
+                    attacher.fencing.heard_since = now()
                 if lease.bus.connected and await lease.tick():
-                    await attacher.resume_fences()
-                    await attacher.monitor_once()
+                    await attacher.fencing.resume()
+                    await attacher.fencing.monitor_once()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -1,0 +1,38 @@
+"""What every attacher use case works with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from berth_attacher.liveness import Policy
+from berth_attacher.locator import Locator
+from berth_shared.auth import Principal
+from berth_shared.db import Database
+from berth_shared.db.outbox import EventWriter
+from berth_shared.errors import PermissionDenied
+
+NODE_ROLE = "node"
+
+
+class Tainter(Protocol):
+    """Applies/removes `node.kubernetes.io/out-of-service` where a Kubernetes API is configured."""
+
+    async def taint(self, node_id: str) -> None: ...
+    async def untaint(self, node_id: str) -> None: ...
+
+
+@dataclass
+class Context:
+    db: Database
+    events: EventWriter
+    locator: Locator
+    policy: Policy
+    # This replica, as the owner of the fences it runs.
+    owner: str
+    tainter: Tainter | None = None
+
+
+def require_node_or_admin(p: Principal) -> None:
+    if not (p.is_admin or NODE_ROLE in p.roles):
+        raise PermissionDenied("node agents need the node (or admin) role")
