@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import yaml
@@ -188,7 +188,7 @@ async def drive(
                             "endsAt": "2099-01-01T00:00:00Z",
                         }
                     )
-                fps = [fingerprint(a["labels"]) for a in alerts]
+                fps = [fingerprint(cast(dict[str, str], a["labels"])) for a in alerts]
                 for _copy in range(2):
                     load.sent_alerts += batch
                     t = asyncio.create_task(one(alerts, fps))
@@ -198,6 +198,11 @@ async def drive(
             await asyncio.sleep(0.005)
         wall = time.monotonic() - start
         await asyncio.gather(*tasks)
+        print(
+            f"# {run}: {len(load.ack_times)} posts acknowledged, the last "
+            f"{max(load.ack_times or [start]) - start:.1f} s after the first was sent; offered for {wall:.1f} s",
+            flush=True,
+        )
         return wall
 
 
@@ -220,10 +225,6 @@ async def settle(messenger: Messenger, want: int, timeout: float) -> None:
             await asyncio.wait_for(messenger.changed.wait(), 0.5)
 
 
-def batch_of(load: Load) -> float:
-    return load.sent_alerts / max(1, len(load.ack_times)) if load.ack_times else 0.0
-
-
 def report(
     label: str, load: Load, messenger: Messenger, wall: float, cpu: float, extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -234,7 +235,9 @@ def report(
     out = {
         "phase": label,
         "sent_alerts": load.sent_alerts,
-        "ingest_rate": round(load.sent_alerts / wall, 1),
+        "offered_rate": round(load.sent_alerts / wall, 1),
+        # Alerts acknowledged (durably stored) per second, until the last acknowledgement.
+        "ingest_rate": round(load.sent_alerts / max(1e-9, max(load.ack_times or [load.start]) - load.start), 1),
         "unique_acked": unique,
         "delivered_unique": delivered,
         "lost": unique - delivered,

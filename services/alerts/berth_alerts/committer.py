@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
 from berth_alerts.model import Alert
 from berth_alerts.store import IngestResult, Routing, ingest
+from berth_shared.auth import Principal
 from berth_shared.db import Database
 
 log = logging.getLogger(__name__)
@@ -97,3 +101,32 @@ class GroupCommitter:
         for p, r in zip(batch, results, strict=True):
             if not p.done.done():
                 p.done.set_result(r)
+
+
+class RecentBodies:
+    """Digests of request bodies committed lately, to answer an identical one at once."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 100_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._seen: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+
+    @staticmethod
+    def key(caller: Principal, source: str, body: bytes) -> bytes:
+        # A tenant's alerts get its tenant label: the same bytes from two tenants differ.
+        who = "*admin*" if caller.is_admin else caller.tenant
+        return hashlib.sha256(f"{who}\0{source}\0".encode() + body).digest()
+
+    def get(self, key: bytes) -> int | None:
+        hit = self._seen.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: bytes, alerts: int) -> None:
+        self._seen[key] = (time.monotonic() + self.ttl_s, alerts)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.max_entries or (
+            self._seen and next(iter(self._seen.values()))[0] < time.monotonic()
+        ):
+            self._seen.popitem(last=False)

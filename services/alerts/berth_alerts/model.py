@@ -42,6 +42,10 @@ class Alert:
         if not self.fp:
             self.fp = fingerprint(self.labels)
 
+    def set_label(self, name: str, value: str) -> None:
+        self.labels[name] = value
+        self.fp = fingerprint(self.labels)
+
     @property
     def severity(self) -> str:
         return self.labels.get("severity", "")

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_alerts import tables as t
-from berth_alerts.committer import GroupCommitter
+from berth_alerts.committer import GroupCommitter, RecentBodies
 from berth_alerts.config import AlertsConfig, AlertsSettings
 from berth_alerts.delivery import ReceiverWorker
 from berth_alerts.events import base_type, event_alert
@@ -64,6 +64,9 @@ class AlertsService:
         self._tasks: list[asyncio.Task[None]] = []
         # Few writers, each committing every request that waited for it at once: a burst of
         # posts queues here, not in the database, where it would hold up flush and delivery.
+        # Shorter than resolve_timeout: a repeated post still extends its alerts' endsAt.
+        self._inflight: dict[bytes, asyncio.Future[None]] = {}
+        self._recent = RecentBodies(ttl_s=min(60.0, config.resolve_timeout_s / 4))
         self.committer = GroupCommitter(db, self.routing, writers=1 if db.is_sqlite else INGEST_WRITERS)
 
     # -- ingest -------------------------------------------------------------------------
@@ -71,8 +74,20 @@ class AlertsService:
     async def ingest_body(
         self, caller: Principal, source: str, body: bytes, content_type: str | None, parser: Parser
     ) -> IngestResult:
-        """Parse, then store in one transaction; a malformed body is kept and refused (400)."""
+        """Parse, then store in one transaction; a malformed body is kept and refused (400).
+
+        The very same body from the same kind of caller, within a short while of one that
+        was committed (a retry, the other Alertmanager of an HA pair), is answered at once:
+        it was stored already, and parsing and looking it up again would change nothing."""
         at = now()
+        key = self._recent.key(caller, source, body)
+        twin = self._inflight.get(key)
+        if twin is not None:  # the same body is being committed right now: its outcome is ours
+            await asyncio.shield(twin)
+        seen = self._recent.get(key)
+        if seen is not None:
+            self._count(source, IngestResult(duplicate=seen))
+            return IngestResult(duplicate=seen)
         try:
             alerts = parser(parse_json(body), at)
         except PayloadError as exc:
@@ -80,10 +95,15 @@ class AlertsService:
             raise InvalidArgument(exc.detail, reason="malformed_payload", errors=exc.errors) from None
         if not caller.is_admin:  # a tenant's alerts are its own: the label cannot be forged
             for a in alerts:
-                a.labels["tenant"] = caller.tenant
-                a.fp = ""
-                a.__post_init__()
-        result = await self.committer.submit(alerts, at)
+                a.set_label("tenant", caller.tenant)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
+        try:
+            result = await self.committer.submit(alerts, at)
+            self._recent.put(key, result.accepted)
+        finally:
+            del self._inflight[key]
+            done.set_result(None)
         self._count(source, result)
         self.flush_wake.set()
         return result

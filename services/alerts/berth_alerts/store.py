@@ -91,9 +91,15 @@ async def ingest(session: AsyncSession, routing: Routing, alerts: list[Alert], n
         if old is None:
             result.new += 1
             changed.append(a)
-        elif old.status != a.status or old.starts_at != a.starts_at:
+        elif old.status != a.status or (a.status == "resolved" and old.starts_at != a.starts_at):
             result.changed += 1
             changed.append(a)
+        elif a.status == "firing" and old.starts_at != a.starts_at:
+            # The same firing alert from the other half of an HA pair (it evaluated at another
+            # moment): one episode, which started at the earlier time. Not news.
+            result.duplicate += 1
+            a.starts_at = min(a.starts_at, old.starts_at)
+            touched.append(a)
         elif old.ends_at != a.ends_at:
             result.duplicate += 1
             touched.append(a)
@@ -106,7 +112,7 @@ async def ingest(session: AsyncSession, routing: Routing, alerts: list[Alert], n
         await session.execute(
             update(t.alerts)
             .where(t.alerts.c.fingerprint == a.fp)
-            .values(ends_at=a.ends_at, annotations=a.annotations, updated_at=now)
+            .values(starts_at=a.starts_at, ends_at=a.ends_at, annotations=a.annotations, updated_at=now)
         )
     return result
 

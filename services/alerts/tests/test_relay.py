@@ -76,3 +76,24 @@ async def test_malformed_payloads_get_a_400_that_says_what_and_are_kept(
         # Without a token: refused before anything is read.
         r = await http.post("/api/v2/alerts", json=[], headers={"Authorization": ""})
         assert r.status_code == 401
+
+
+async def test_an_ha_pair_of_prometheus_with_its_own_start_times_is_one_alert(
+    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+) -> None:
+    messenger = Messenger()
+    async with serve(messenger.app()) as url:
+        cfg = write_config(tmp_path, simple_config(url))
+        async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (_, http):
+            alert = {"labels": {"alertname": "OSDDown", "instance": "osd-1"}, "endsAt": "2099-01-01T00:00:00Z"}
+            a = {**alert, "startsAt": "2026-12-03T10:00:15Z"}  # replica A evaluated first
+            b = {**alert, "startsAt": "2026-12-03T10:00:40Z"}  # replica B, 25 s later
+            for body in ([a], [b], [a], [b]):
+                assert (await http.post("/api/v2/alerts", json=body)).status_code == 200
+            await eventually(lambda: len(messenger.received), lambda n: n >= 1, what="the alert told")
+            await asyncio.sleep(0.8)  # a group_interval: a second message would have come
+            assert len(messenger.received) == 1
+            [stored] = (await http.get("/v1/alerts")).json()["items"]
+            assert stored["starts_at"].startswith("2026-12-03T10:00:15")  # the episode's start: the earlier
+            metrics = (await http.get("/metrics")).text
+            assert 'berth_alerts_received_total{outcome="duplicate",source="prometheus"} 3.0' in metrics
