@@ -142,6 +142,7 @@ def test_refusals_are_problems_with_exit_2(cli: Cli) -> None:
 
     err = cli.run("volumes", "create", "x", "--size", "1", "--type", "gold", code=2, token=a).stderr
     assert "unknown_volume_type" in err and "unknown volume type 'gold'" in err
+    assert "the volume types are: standard" in err and "valid_types:" in err and "- standard" in err
 
     res = cli.run("volumes", "create", "x", "--size", "0", "--type", "standard", "--json", code=2, token=a)
     assert res.stdout == "", "--json keeps errors off stdout"

@@ -3,22 +3,15 @@ cluster. Placement over them is in placement.py, their room in repo/accounting.p
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from berth_provisioner import repo
 from berth_provisioner.context import Context
+from berth_provisioner.volume_types import require_known
 from berth_shared.auth import Principal
 from berth_shared.backends import validate_backend_config
 from berth_shared.bus.envelope import SYSTEM_TENANT
-from berth_shared.errors import AlreadyExists, InvalidArgument, NotFound
+from berth_shared.errors import AlreadyExists, NotFound
 from berth_shared.ids import new_id
 from berth_shared.messages.provisioner import Cluster, ClusterList, ClusterRegister, ClusterUpdate
-
-
-async def _check_types(s: AsyncSession, names: list[str]) -> None:
-    unknown = sorted(set(names) - await repo.volume_types.names(s))
-    if unknown:
-        raise InvalidArgument(f"unknown volume types: {', '.join(unknown)}", reason="unknown_volume_type")
 
 
 class Clusters:
@@ -30,7 +23,7 @@ class Clusters:
         config = validate_backend_config(req.backend, req.config)
         cluster_id = new_id("cl")
         async with self.ctx.db.transaction() as s:
-            await _check_types(s, req.volume_types)
+            await require_known(s, req.volume_types)
             existing = await repo.clusters.by_name(s, req.name)
             if existing is not None:
                 raise AlreadyExists(f"a cluster named {req.name!r} is already registered", cluster_id=existing.id)
@@ -62,7 +55,7 @@ class Clusters:
         changes = req.model_dump(exclude={"id"}, exclude_unset=True)
         async with self.ctx.db.transaction() as s:
             if "volume_types" in changes:
-                await _check_types(s, changes["volume_types"])
+                await require_known(s, changes["volume_types"])
             if changes and not await repo.clusters.change(s, req.id, **changes):
                 raise NotFound(f"cluster {req.id} not found", reason="cluster_not_found")
             row = await repo.clusters.by_id(s, req.id)

@@ -19,12 +19,12 @@ from berth_provisioner import repo
 from berth_provisioner.context import Context
 from berth_provisioner.lifecycle import SOURCE_SNAPSHOT_STATUSES, SOURCE_VOLUME_STATUSES, VOLUME, VolumeStatus
 from berth_provisioner.placement import NoValidCluster, PlacementRequest, rank
+from berth_provisioner.volume_types import require_known
 from berth_shared.auth import Principal
 from berth_shared.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     OutOfRange,
     ResourceExhausted,
@@ -107,8 +107,7 @@ class Volumes:
             existing = await repo.volumes.by_name(s, p.tenant, req.name)
             if existing is not None:
                 return existing
-            if await repo.volume_types.by_name(s, req.volume_type) is None:
-                raise InvalidArgument(f"unknown volume type {req.volume_type!r}", reason="unknown_volume_type")
+            await require_known(s, [req.volume_type])
             pinned_cluster = await self._source_cluster(s, p, req)
             await repo.accounting.reserve_quota(s, p.tenant, 1, req.size_gib, self.ctx.default_quota)
             cluster = await self._place(s, p.tenant, req, pinned_cluster, free)

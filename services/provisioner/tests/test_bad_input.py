@@ -97,10 +97,13 @@ async def test_bus_create_rejects_invalid_body(prov: Provisioner, change: dict[s
 async def test_unknown_volume_type(prov: Provisioner) -> None:
     before = await whole_state(prov)
     r = await prov.http.post(VOLUMES, json=OK | {"volume_type": "gold"}, headers=prov.auth(prov.tenants.a))
-    assert_problem(r, 400, "invalid_argument", "unknown_volume_type")
+    body = assert_problem(r, 400, "invalid_argument", "unknown_volume_type")
+    # It says which types there are, so the caller can pick one.
+    assert body["detail"] == "unknown volume type 'gold'; the volume types are: standard"
+    assert body["valid_types"] == ["standard"]
     with pytest.raises(InvalidArgument) as exc:
         await prov.bus.request(CREATE, OK | {"volume_type": "gold"}, token=prov.tenants.a)
-    assert exc.value.reason == "unknown_volume_type"
+    assert exc.value.reason == "unknown_volume_type" and exc.value.extra["valid_types"] == ["standard"]
     assert await whole_state(prov) == before
 
 
