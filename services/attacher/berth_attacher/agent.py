@@ -163,6 +163,8 @@ async def _main() -> None:
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--nats-url", default=os.environ.get("BERTH_NATS_URL", "nats://127.0.0.1:4322"))
     parser.add_argument("--token", default=os.environ.get("BERTH_NODE_TOKEN"))
+    # The `node` NATS user's .creds (it may send attacher commands, nothing else).
+    parser.add_argument("--nats-creds", type=Path, default=os.environ.get("BERTH_NATS_CREDS"))
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--zone")
     parser.add_argument("--ceph-conf", default="/etc/ceph/ceph.conf")
@@ -173,7 +175,7 @@ async def _main() -> None:
     if not args.token:
         parser.error("--token or BERTH_NODE_TOKEN is required (a token with the node or admin role)")
     logging.basicConfig(level=logging.INFO)
-    bus = await Bus.connect(args.nats_url, f"agent-{args.node_id}")
+    bus = await Bus.connect(args.nats_url, f"agent-{args.node_id}", creds=args.nats_creds)
     ceph: dict[str, CephClientSpec] = {}
     for kind in ceph_stage.KINDS:
         user = getattr(args, f"{kind}_user")
