@@ -126,6 +126,7 @@ def list_silences(
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
+    """Silences in force (and, with --expired, those that ended): what they mute, until when, by whom."""
     a = api("alerts", url, token, as_json)
     a.show_list(a.call("GET", "/v1/silences", params={"include_expired": expired}), SILENCE_COLS)
 
