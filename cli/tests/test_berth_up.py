@@ -262,6 +262,12 @@ def test_berth_up_serves_stops_cleanly_and_keeps_data(start_up: Callable[[], Up]
         ("berth.events.demo.volume.created", volume["id"])
     ]
 
+    # Every part's real traffic so far (commands, events, leases, consumers) fit its permissions.
+    violations = [
+        line for line in (up.data_dir / "nats" / "nats-server.log").read_text().splitlines() if "Violation" in line
+    ]
+    assert violations == [], violations
+
     t1 = time.monotonic()
     assert_stopped_cleanly(up)
     stopped_in = time.monotonic() - t1
