@@ -262,6 +262,18 @@ def test_berth_up_serves_stops_cleanly_and_keeps_data(start_up: Callable[[], Up]
         ("berth.events.demo.volume.created", volume["id"])
     ]
 
+    # The stack's NATS credentials, as `berth tokens` shows tokens: who, what, where.
+    listed = subprocess.run(
+        [BERTH, "nats", "creds", "--json"], capture_output=True, text=True, timeout=60, env=clean_env(), cwd=elsewhere
+    )
+    identities = {row["identity"]: row for row in json.loads(listed.stdout)}
+    assert set(identities) == {*SERVICES, "csi", "node", "admin"}
+    assert all(Path(row["creds"]).is_relative_to(up.data_dir) for row in identities.values())
+    shown = subprocess.run(
+        [BERTH, "nats", "creds", "csi"], capture_output=True, text=True, env=clean_env(), cwd=elsewhere
+    )
+    assert shown.stdout == Path(identities["csi"]["creds"]).read_text()
+
     # Every part's real traffic so far (commands, events, leases, consumers) fit its permissions.
     violations = [
         line for line in (up.data_dir / "nats" / "nats-server.log").read_text().splitlines() if "Violation" in line
