@@ -87,3 +87,15 @@ def test_urls_explicit_then_environment_then_stack(tmp_path: Path, monkeypatch: 
         assert stackinfo.service_url("provisioner") == "http://prov:1"
         assert stackinfo.service_url("attacher") == "http://att:2"
         assert stackinfo.service_url("provisioner", "http://x:3") == "http://x:3"
+
+
+def test_nats_init_makes_the_material_and_keeps_its_keys(tmp_path: Path) -> None:
+    first = CliRunner().invoke(app, ["nats", "init", str(tmp_path / "auth"), "--json"])
+    assert first.exit_code == 0, first.stderr
+    made = json.loads(first.stdout)
+    assert Path(made["auth_conf"]).read_text().startswith("# Berth's NATS accounts")
+    creds = {identity: Path(path).read_text() for identity, path in made["creds"].items()}
+    assert set(creds) == {"provisioner", "attacher", "watcher", "alerts", "csi", "node", "admin"}
+    again = CliRunner().invoke(app, ["nats", "init", str(tmp_path / "auth")])
+    assert again.exit_code == 0 and "include" in again.stdout
+    assert {i: Path(p).read_text() for i, p in made["creds"].items()} == creds, "issued credentials stay valid"
