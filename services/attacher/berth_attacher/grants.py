@@ -61,6 +61,9 @@ class Grants:
             same = rules.decide([rules.Grant(r.node_id, r.access_mode, r.readonly) for r in granted], want)
             if same is not None:
                 return repo.attachments.out(next(r for r in granted if r.node_id == req.node_id))
+            # Under the node's lock: two publishes to one node cannot both take its last slot.
+            held = await repo.attachments.count_on_node(s, req.node_id, AttachmentState.ATTACHED)
+            rules.check_room(req.node_id, held, node.max_volumes)
             generation = await repo.attachments.next_generation(s, req.volume_id)
             context = {**node_context, "backend": loc.backend_kind, "generation": str(generation)}
             values = {

@@ -51,6 +51,7 @@ class Nodes:
                     boot_id=hb.boot_id,
                     last_heartbeat_at=now(),
                     staged=staged,
+                    max_volumes=hb.max_volumes,
                     fence_epoch=0,
                     tainted=False,
                 )
@@ -58,7 +59,12 @@ class Nodes:
                 await self.ctx.events.emit(s, SYSTEM_TENANT, "node", "registered", hb.node_id, data)
                 self.ctx.events.notify()
                 return HeartbeatReply(node_id=hb.node_id, state=N.ALIVE, fenced=False, fence_epoch=0)
-            values: dict[str, Any] = {"last_heartbeat_at": now(), "boot_id": hb.boot_id, "staged": staged}
+            values: dict[str, Any] = {
+                "last_heartbeat_at": now(),
+                "boot_id": hb.boot_id,
+                "staged": staged,
+                "max_volumes": hb.max_volumes,
+            }
             if hb.zone:
                 values["zone"] = hb.zone
             # Talking again before any fence started: it was a blip, not a death.

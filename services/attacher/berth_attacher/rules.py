@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from berth_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from berth_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ResourceExhausted
 from berth_shared.messages.attacher import SINGLE_NODE_MODES
 
 SHARED_FS_BACKENDS = frozenset({"cephfs", "manila"})
@@ -25,6 +25,18 @@ def check_mode(access_mode: str, readonly: bool, backend: str) -> None:
         )
     if access_mode in ("single_node_reader_only", "multi_node_reader_only") and not readonly:
         raise InvalidArgument(f"access mode {access_mode} must be published readonly", reason="readonly_required")
+
+
+def check_room(node_id: str, held: int, max_volumes: int) -> None:
+    """A new grant to a node holding `held` volumes, whose limit is `max_volumes` (0: none)."""
+    if max_volumes and held >= max_volumes:
+        raise ResourceExhausted(
+            f"node {node_id} already has {held} volumes published, its maximum (max_volumes_per_node "
+            f"{max_volumes}); unpublish one first",
+            reason="node_volume_limit",
+            node_id=node_id,
+            max_volumes=max_volumes,
+        )
 
 
 def writes(g: Grant) -> bool:

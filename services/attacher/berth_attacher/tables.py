@@ -21,6 +21,8 @@ nodes = Table(
     Column("boot_id", String(64), nullable=True),
     Column("last_heartbeat_at", UTCDateTime(), nullable=True),
     Column("staged", JSON, nullable=False, default=list),
+    # The node's max_volumes_per_node (its heartbeat says): 0 = no limit.
+    Column("max_volumes", Integer, nullable=False, default=0, server_default="0"),
     # Signals from outside the node (watcher, Kubernetes); None = not reported.
     Column("ready", Boolean, nullable=True),
     Column("out_of_service", Boolean, nullable=True),

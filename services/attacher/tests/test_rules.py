@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from berth_attacher import rules
-from berth_attacher.rules import Grant, check_mode, decide
-from berth_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from berth_attacher.rules import Grant, check_mode, check_room, decide
+from berth_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ResourceExhausted
 from berth_shared.messages.attacher import SINGLE_NODE_MODES
 
 SNW, SNRO, SNSW, SNMW = (
@@ -205,3 +205,12 @@ def test_single_writer_invariant_over_every_sequence_of_two_nodes() -> None:
         assert not any(g.access_mode in SINGLE_NODE_MODES for g in granted), granted
         if any(g.access_mode == MNRO for g in granted):
             assert not writers, granted
+
+
+def test_a_node_takes_volumes_up_to_its_maximum() -> None:
+    check_room("n1", 0, 1)
+    check_room("n1", 500, 0)  # 0: the node sets no limit
+    for held in (1, 2):
+        with pytest.raises(ResourceExhausted) as err:
+            check_room("n1", held, 1)
+        assert err.value.reason == "node_volume_limit" and err.value.extra["max_volumes"] == 1

@@ -19,6 +19,7 @@ from berth_csi import mapping as m
 from berth_csi.errors import required, rpc
 from berth_csi.pb import csi
 from berth_csi.settings import CsiSettings
+from berth_csi.tokens import PageTokens
 from berth_shared.bus import Bus
 from berth_shared.errors import (
     Aborted,
@@ -57,10 +58,8 @@ CAPABILITIES = (
     RPC.EXPAND_VOLUME,
     RPC.VOLUME_CONDITION,
     RPC.GET_VOLUME,
+    RPC.LIST_VOLUMES_PUBLISHED_NODES,
 )
-# Not LIST_VOLUMES_PUBLISHED_NODES, though entries carry published_node_ids: ListVolumes has
-# no secrets, so it lists the default tenant only, and the external-attacher would read a
-# missing volume as detached everywhere and publish it again.
 PAGE = 1000
 
 
@@ -141,6 +140,7 @@ class ControllerService:
     def __init__(self, bus: Bus, settings: CsiSettings) -> None:
         self.cmd = Commands(bus, settings)
         self.settings = settings
+        self.tokens = PageTokens()
 
     # -- volumes ---------------------------------------------------------------
 
@@ -290,7 +290,7 @@ class ControllerService:
     async def ListVolumes(self, request: Any, context: Any) -> Any:
         if request.max_entries < 0:
             raise InvalidArgument("max_entries must not be negative", field="max_entries")
-        token = m.check_token(request.starting_token)
+        token = self.tokens.position("volumes", request.starting_token)
         items, next_token = await self._pages(f"{PROVISIONER}.volume.list", {}, request.max_entries, token, {}, context)
         atts = AttachmentList.model_validate(await self.cmd(f"{ATTACHER}.attachment.list", {}, {}, context)).items
         nodes: dict[str, list[str]] = {}
@@ -304,7 +304,7 @@ class ControllerService:
                 published_node_ids=sorted(nodes.get(vol.id, [])), volume_condition=condition(vol)
             )
             entries.append(csi.ListVolumesResponse.Entry(volume=volume_message(vol), status=status))
-        return csi.ListVolumesResponse(entries=entries, next_token=next_token or "")
+        return csi.ListVolumesResponse(entries=entries, next_token=self.tokens.issue("volumes", next_token))
 
     async def _pages(
         self,
@@ -423,9 +423,10 @@ class ControllerService:
     async def ListSnapshots(self, request: Any, context: Any) -> Any:
         if request.max_entries < 0:
             raise InvalidArgument("max_entries must not be negative", field="max_entries")
-        token = m.check_token(request.starting_token)
         secrets = dict(request.secrets)
         source = request.source_volume_id
+        scope = f"snapshots:{source}"
+        token = self.tokens.position(scope, request.starting_token)
         if request.snapshot_id:
             snaps = await self._one_snapshot(request.snapshot_id, secrets, context)
             if source:
@@ -438,7 +439,7 @@ class ControllerService:
             f"{PROVISIONER}.snapshot.list", query, request.max_entries, token, secrets, context
         )
         entries = [_entry(Snapshot.model_validate(raw)) for raw in items]
-        return csi.ListSnapshotsResponse(entries=entries, next_token=next_token or "")
+        return csi.ListSnapshotsResponse(entries=entries, next_token=self.tokens.issue(scope, next_token))
 
     async def _one_snapshot(self, snapshot_id: str, secrets: Mapping[str, str], context: Any) -> list[Snapshot]:
         if not m.valid_id(snapshot_id):

@@ -11,7 +11,7 @@ from typing import Any
 from berth_csi import ZONE_KEY
 from berth_csi.errors import required
 from berth_csi.pb import csi
-from berth_shared.errors import Aborted, InvalidArgument, OutOfRange
+from berth_shared.errors import InvalidArgument, OutOfRange
 from berth_shared.messages.common import RESOURCE_ID_PATTERN
 from berth_shared.messages.provisioner import MAX_VOLUME_GIB
 
@@ -145,15 +145,6 @@ def check_parameters(parameters: Mapping[str, str]) -> None:
             f"parameters: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(VOLUME_PARAMETERS))}",
             field="parameters",
         )
-
-
-def check_token(token: str, field: str = "starting_token") -> str | None:
-    """A pagination token is the last id of the previous page; anything else is ABORTED."""
-    if not token:
-        return None
-    if not valid_id(token):
-        raise Aborted(f"{field} {token[:80]!r} is not a token this plugin gave out", reason="invalid_token")
-    return token
 
 
 def valid_id(value: str) -> bool:

@@ -50,6 +50,7 @@ class NodeService:
                 interval_s=settings.heartbeat_interval_s,
                 zone=settings.zone,
                 boot_id=read_boot_id(settings.boot_id_file),
+                max_volumes=settings.max_volumes_per_node,
             )
 
     # -- heartbeat and fencing -------------------------------------------------
@@ -327,7 +328,9 @@ class NodeService:
     @rpc
     async def NodeGetInfo(self, request: Any, context: Any) -> Any:
         return csi.NodeGetInfoResponse(
-            node_id=self.settings.node_id, accessible_topology=csi.Topology(segments={ZONE_KEY: self.settings.zone})
+            node_id=self.settings.node_id,
+            max_volumes_per_node=self.settings.max_volumes_per_node,
+            accessible_topology=csi.Topology(segments={ZONE_KEY: self.settings.zone}),
         )
 
 

@@ -40,6 +40,10 @@ class CsiSettings(Settings):
     # service token.
     node_token: SecretStr | None = None
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    # BERTH_MAX_VOLUMES_PER_NODE: how many volumes may be published to this node at once
+    # (0: no limit of ours). Reported in NodeGetInfo (the scheduler places pods by it) and in
+    # each heartbeat (the attacher refuses a publish beyond it: RESOURCE_EXHAUSTED).
+    max_volumes_per_node: int = Field(default=0, ge=0)
     # BERTH_BOOT_ID_FILE: where the node's boot id is read at start (it changes when the
     # machine restarts; a fenced node is unfenced on its own request only after a restart).
     # Only tests that play a reboot point it elsewhere.

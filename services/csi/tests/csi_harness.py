@@ -127,7 +127,9 @@ class CsiStack:
         )
         return dict((await self.controller.ControllerPublishVolume(req)).publish_context)
 
-    async def add_node(self, make: Callable[..., Settings], node_id: str, zone: str = "default") -> NodePlugin:
+    async def add_node(
+        self, make: Callable[..., Settings], node_id: str, zone: str = "default", **overrides: Any
+    ) -> NodePlugin:
         """A second node's adapter (node mode) on its own socket, heartbeating."""
         settings = make(
             "csi",
@@ -139,6 +141,7 @@ class CsiStack:
             state_dir=self.workdir / "state" / node_id,
             node_token=self.tenants.admin,
             heartbeat_interval_s=0.2,
+            **overrides,
         )
         assert isinstance(settings, CsiSettings)
         server = CsiServer(settings)

@@ -12,6 +12,8 @@ from csi_harness import AM, GIB, bare_adapter, csi_stack, mount_cap, rpc_error, 
 from berth_csi import DRIVER_NAME, ZONE_KEY
 from berth_csi.mapping import resource_name, size_gib
 from berth_csi.pb import csi, rpc
+from berth_csi.tokens import PageTokens
+from berth_shared.errors import Aborted
 from berth_shared.settings import Settings
 from berth_testing import Tenants
 
@@ -34,6 +36,28 @@ def test_names_and_sizes_map_stably() -> None:
     assert size_gib(csi.CapacityRange()) is None
 
 
+def test_page_tokens_are_sealed_to_their_listing_and_adapter() -> None:
+    tokens = PageTokens()
+    token = tokens.issue("volumes", "vol-00ab")
+    assert token and "vol-00ab" not in token  # opaque
+    assert tokens.position("volumes", token) == "vol-00ab"
+    assert tokens.position("volumes", "") is None and tokens.issue("volumes", None) == ""
+    refused = [
+        ("volumes", "vol-00ab"),  # a well-formed id, not a token
+        ("snapshots:", token),  # another listing's token
+        ("volumes", token[:-2]),  # truncated
+        ("volumes", token + "A"),
+        ("volumes", "\x00bad"),
+        ("volumes", "é" * 10),
+        ("volumes", "A" * 600),
+    ]
+    for scope, bad in refused:
+        with pytest.raises(Aborted):
+            tokens.position(scope, bad)
+    with pytest.raises(Aborted):  # another adapter process (a restart): another key
+        PageTokens().position("volumes", token)
+
+
 async def test_identity_and_node_info(make_settings: Callable[..., Settings]) -> None:
     async with bare_adapter(make_settings, zone="zone-1") as bare:
         channel = grpc.aio.insecure_channel(f"unix://{bare.server.socket_path}")
@@ -50,6 +74,7 @@ async def test_identity_and_node_info(make_settings: Callable[..., Settings]) ->
 
         node_info = await bare.node.NodeGetInfo(csi.NodeGetInfoRequest())
         assert node_info.node_id == "node-a" and dict(node_info.accessible_topology.segments) == {ZONE_KEY: "zone-1"}
+        assert node_info.max_volumes_per_node == 0  # no limit unless the node's settings say
         node_caps = (await bare.node.NodeGetCapabilities(csi.NodeGetCapabilitiesRequest())).capabilities
         assert {c.rpc.type for c in node_caps} == {
             NodeRPC.STAGE_UNSTAGE_VOLUME,
@@ -72,6 +97,7 @@ async def test_identity_and_node_info(make_settings: Callable[..., Settings]) ->
             CtrlRPC.GET_VOLUME,
             CtrlRPC.VOLUME_CONDITION,
             CtrlRPC.PUBLISH_READONLY,
+            CtrlRPC.LIST_VOLUMES_PUBLISHED_NODES,
         } == {c.rpc.type for c in ctrl_caps}
 
         # Probe is ready only while the bus is connected.
@@ -224,3 +250,26 @@ async def test_get_capacity_and_clone(make_settings: Callable[..., Settings], te
             ),
         )
         assert clone.content_source.volume.volume_id == src.volume_id and clone.capacity_bytes == 2 * GIB
+
+
+async def test_a_full_node_refuses_one_more_volume(
+    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+) -> None:
+    async with csi_stack(make_settings, tenants, tmp_path) as st:
+        plugin = await st.add_node(make_settings, "node-small", max_volumes_per_node=2)
+        info = await plugin.node.NodeGetInfo(csi.NodeGetInfoRequest())
+        assert info.max_volumes_per_node == 2
+        v1, v2, v3 = [(await st.create(f"pvc-full-{i}")).volume_id for i in range(3)]
+        await st.publish(v1, "node-small")
+        await st.publish(v2, "node-small")
+        err = await rpc_error(st.publish(v3, "node-small"))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_volumes_per_node 2" in (err.details() or "")
+        await st.publish(v2, "node-small")  # a repeated publish takes no new slot
+        await st.publish(v3, "node-a")  # the limit is the node's: node-a has none
+        unpublish = csi.ControllerUnpublishVolumeRequest(volume_id=v1, node_id="node-small")
+        await st.controller.ControllerUnpublishVolume(unpublish)
+        await st.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=v3))
+        await st.publish(v3, "node-small")  # a slot freed
+        listed = await st.controller.ListVolumes(csi.ListVolumesRequest())
+        published = {e.volume.volume_id: list(e.status.published_node_ids) for e in listed.entries}
+        assert published == {v1: [], v2: ["node-small"], v3: ["node-small"]}

@@ -198,6 +198,25 @@ async def test_aborted_for_a_token_the_plugin_never_gave(
         assert err.code() == Code.ABORTED
         err = await rpc_error(c.ListSnapshots(csi.ListSnapshotsRequest(starting_token="\x00bad")))
         assert err.code() == Code.ABORTED
+        # Well-formed ids are positions, not tokens: no paging from a guessed or stale id.
+        ids = sorted([(await st.create(f"pvc-tok-{i}")).volume_id for i in range(2)])
+        err = await rpc_error(c.ListVolumes(csi.ListVolumesRequest(max_entries=1, starting_token=ids[0])))
+        assert err.code() == Code.ABORTED and "restart the listing" in (err.details() or "")
+        page = await c.ListVolumes(csi.ListVolumesRequest(max_entries=1))
+        assert page.next_token and page.next_token != ids[0]
+        rest = await c.ListVolumes(csi.ListVolumesRequest(max_entries=1, starting_token=page.next_token))
+        assert [e.volume.volume_id for e in [*page.entries, *rest.entries]] == ids
+        # A token belongs to its listing: not ListSnapshots', nor another source filter's.
+        err = await rpc_error(c.ListSnapshots(csi.ListSnapshotsRequest(starting_token=page.next_token)))
+        assert err.code() == Code.ABORTED
+        for i, vid in enumerate(ids):
+            await c.CreateSnapshot(csi.CreateSnapshotRequest(source_volume_id=vid, name=f"tok-snap-{i}"))
+        snaps = await c.ListSnapshots(csi.ListSnapshotsRequest(max_entries=1, source_volume_id=ids[0]))
+        assert len(snaps.entries) == 1 and not snaps.next_token
+        snaps = await c.ListSnapshots(csi.ListSnapshotsRequest(max_entries=1))
+        assert snaps.next_token
+        other = csi.ListSnapshotsRequest(max_entries=1, source_volume_id=ids[1], starting_token=snaps.next_token)
+        assert (await rpc_error(c.ListSnapshots(other))).code() == Code.ABORTED
 
 
 async def test_unauthenticated_without_a_valid_token(

@@ -80,6 +80,8 @@ class Heartbeat(Message):
     # Changes when the agent restarts: the attacher learns the node came back.
     boot_id: str = Field(min_length=1, max_length=64)
     zone: ResourceName | None = None
+    # The node's max_volumes_per_node: publishes beyond it are refused (0: no limit).
+    max_volumes: int = Field(default=0, ge=0, strict=True)
     staged: list[StagedVolume] = Field(default_factory=list)
 
 
@@ -129,6 +131,7 @@ class Node(Reply):
     id: str
     state: NodeState
     zone: str | None
+    max_volumes: int = 0
     boot_id: str | None
     last_heartbeat_at: datetime | None
     ready: bool | None

@@ -60,6 +60,7 @@ class NodeHeartbeat:
         interval_s: float = 2.0,
         zone: str | None = None,
         boot_id: str | None = None,
+        max_volumes: int = 0,
     ) -> None:
         self.bus = bus
         self.node_id = node_id
@@ -68,6 +69,8 @@ class NodeHeartbeat:
         self.drop = drop
         self.interval_s = interval_s
         self.zone = zone
+        # At most this many volumes published to the node at once (0: no limit).
+        self.max_volumes = max_volumes
         # The kernel's boot id (see `read_boot_id`): how the attacher knows the node restarted.
         self.boot_id = boot_id or read_boot_id()
         self.fenced = False
@@ -91,6 +94,7 @@ class NodeHeartbeat:
                 "node_id": self.node_id,
                 "boot_id": self.boot_id,
                 "zone": self.zone,
+                "max_volumes": self.max_volumes,
                 "staged": [s.model_dump() for s in self.staged()],
             },
             HeartbeatReply,

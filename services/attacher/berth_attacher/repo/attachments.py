@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, delete, select, text, update
+from sqlalchemy import Row, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_attacher import tables as t
@@ -43,6 +43,11 @@ async def of_volume_on(session: AsyncSession, volume_id: str, node_id: str) -> R
 async def on_node(session: AsyncSession, node_id: str, state: str) -> list[Row[Any]]:
     q = select(t.attachments).where(a.node_id == node_id, a.state == state)
     return list((await session.execute(q)).all())
+
+
+async def count_on_node(session: AsyncSession, node_id: str, state: str) -> int:
+    q = select(func.count()).select_from(t.attachments).where(a.node_id == node_id, a.state == state)
+    return int((await session.execute(q)).scalar_one())
 
 
 async def query(
