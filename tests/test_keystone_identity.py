@@ -120,3 +120,6 @@ async def test_http_with_keystone(
             r = await http.get("/v1/volumes", headers={"Authorization": f"Bearer {static}"})
             assert r.status_code == 401, r.text
         assert (await http.get("/v1/volumes", headers={"X-Auth-Token": reader_token})).status_code == 200
+        vol = {"name": "r-0", "size_gib": 1, "volume_type": "standard"}
+        r = await http.post("/v1/volumes", json=vol, headers={"X-Auth-Token": reader_token})
+        assert r.status_code == 403 and "reader" in r.json()["detail"], r.text  # a reader reads only

@@ -44,6 +44,12 @@ class Principal:
             raise PermissionDenied("this operation needs the admin role")
 
     @property
+    def scope(self) -> str | None:
+        """The tenant a lookup by id is confined to: None (every tenant) for an admin, so
+        that an admin acts on any tenant's volume the same way for every operation."""
+        return None if self.is_admin else self.tenant
+
+    @property
     def can_write(self) -> bool:
         """admin, or member of its tenant (a reader reads only)."""
         return bool(self.roles & {ADMIN_ROLE, MEMBER_ROLE})

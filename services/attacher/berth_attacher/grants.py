@@ -7,7 +7,7 @@ partitioned can never share a single-writer volume with its successor.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 
 from berth_attacher import repo, rules
 from berth_attacher.context import Context
@@ -17,9 +17,11 @@ from berth_attacher.lifecycle import (
     PUBLISHABLE_VOLUME_STATUSES,
     AttachmentState,
 )
+from berth_attacher.locator import Located
 from berth_shared.auth import Principal
+from berth_shared.backends.publish import Attaches, publish_context, withdraw
 from berth_shared.clock import now
-from berth_shared.errors import FailedPrecondition, NotFound
+from berth_shared.errors import BerthError, FailedPrecondition, NotFound
 from berth_shared.ids import new_id
 from berth_shared.messages.attacher import Attachment, AttachmentList, AttachmentQuery, Publish, Unpublish
 
@@ -40,9 +42,32 @@ class Grants:
             raise FailedPrecondition(f"volume {req.volume_id} is {loc.status}", reason="volume_not_ready")
         rules.check_mode(req.access_mode, req.readonly, loc.backend_kind)
         backend = self.ctx.locator.backend(loc.cluster_id, loc.backend_kind, loc.config)
-        # Before the transaction and off the event loop: CephFS looks the subvolume's path up
-        # at the mgr, which must not hold the node's row lock (or SQLite's writer) meanwhile.
-        node_context = await asyncio.to_thread(backend.node_context, req.volume_id)
+        # Before the transaction: CephFS looks the subvolume's path up at the mgr, Cinder
+        # makes the node's attachment, Manila its access rule; none of that may hold the
+        # node's row lock (or SQLite's writer) meanwhile.
+        # The single-writer refusal first, from a plain read (the transaction below decides
+        # for good): a refused node should not get a Cinder attachment even for a moment.
+        async with self.ctx.db.sessions() as s:
+            rows = await repo.attachments.of_volume(s, req.volume_id)
+        held = [rules.Grant(r.node_id, r.access_mode, r.readonly) for r in rows if r.state == AttachmentState.ATTACHED]
+        rules.decide(held, rules.Grant(req.node_id, req.access_mode, req.readonly))
+        node_context = await publish_context(backend, req.volume_id, req.node_id, readonly=req.readonly)
+        try:
+            return await self._grant(req, loc, node_context)
+        except BerthError:
+            # Refused (node not alive, published elsewhere): take back what the backend gave,
+            # unless the node holds the grant already (a repeated publish).
+            if isinstance(backend, Attaches) and not await self._holds(req.volume_id, req.node_id):
+                with contextlib.suppress(Exception):
+                    await withdraw(backend, req.volume_id, req.node_id)
+            raise
+
+    async def _holds(self, volume_id: str, node_id: str) -> bool:
+        async with self.ctx.db.sessions() as s:
+            row = await repo.attachments.of_volume_on(s, volume_id, node_id)
+        return row is not None and row.state == AttachmentState.ATTACHED
+
+    async def _grant(self, req: Publish, loc: Located, node_context: dict[str, str]) -> Attachment:
         want = rules.Grant(req.node_id, req.access_mode, req.readonly)
         async with self.ctx.db.transaction() as s:
             # Row lock (PostgreSQL; SQLite serialises writers anyway): a fence of this node
@@ -93,6 +118,17 @@ class Grants:
         return out
 
     async def unpublish(self, p: Principal, req: Unpublish) -> None:
+        async with self.ctx.db.sessions() as s:
+            row = await repo.attachments.of_volume_on(s, req.volume_id, req.node_id)
+        if row is None:
+            return  # already unpublished: idempotent
+        if row.tenant != p.tenant and not p.is_admin:
+            raise _volume_not_found(req.volume_id)
+        # The backend first (idempotent): a crash after it leaves the row, and the CO's retry
+        # of the unpublish comes back here.
+        await withdraw(
+            self.ctx.locator.backend(row.cluster_id, row.backend, row.backend_config), req.volume_id, req.node_id
+        )
         async with self.ctx.db.transaction() as s:
             await repo.attachments.lock_volume(s, req.volume_id)
             row = await repo.attachments.of_volume_on(s, req.volume_id, req.node_id)

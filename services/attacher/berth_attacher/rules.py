@@ -8,6 +8,9 @@ from berth_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from berth_shared.messages.attacher import SINGLE_NODE_MODES
 
 SHARED_FS_BACKENDS = frozenset({"cephfs", "manila"})
+# Block volumes several nodes may write: Cinder decides per volume type (only `multiattach`
+# types take a second attachment; the others refuse it, which the publish reports).
+MULTI_WRITER_BLOCK_BACKENDS = frozenset({"cinder"})
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,7 @@ class Grant:
 
 
 def check_mode(access_mode: str, readonly: bool, backend: str) -> None:
-    if access_mode == "multi_node_multi_writer" and backend not in SHARED_FS_BACKENDS:
+    if access_mode == "multi_node_multi_writer" and backend not in SHARED_FS_BACKENDS | MULTI_WRITER_BLOCK_BACKENDS:
         raise InvalidArgument(
             f"access mode {access_mode} needs a shared file system; backend {backend} is block storage",
             reason="access_mode_unsupported",

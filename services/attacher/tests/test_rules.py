@@ -53,13 +53,18 @@ def refused_holder(existing: list[Grant], want: Grant) -> str:
 # -- check_mode ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["file", "rbd", "cinder"])
+@pytest.mark.parametrize("backend", ["file", "rbd"])
 def test_multi_node_multi_writer_is_refused_on_block_backends(backend: str) -> None:
     for ro in (False, True):
         with pytest.raises(InvalidArgument) as exc:
             check_mode(MNMW, ro, backend)
         assert exc.value.reason == "access_mode_unsupported"
         assert backend in exc.value.detail
+
+
+def test_cinder_decides_multi_writer_block_by_volume_type() -> None:
+    """Only Cinder's multiattach types take a second attachment; Cinder refuses the others."""
+    check_mode(MNMW, False, "cinder")
 
 
 @pytest.mark.parametrize("backend", sorted(rules.SHARED_FS_BACKENDS))

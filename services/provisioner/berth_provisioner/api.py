@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
+from berth_provisioner.discovery import ClusterDiscover, discover
 from berth_provisioner.service import Provisioner
 from berth_shared.http import PROBLEM_RESPONSES, Caller
 from berth_shared.messages.common import RESOURCE_ID_PATTERN, TENANT_NAME_PATTERN, ListQuery
@@ -117,6 +118,14 @@ async def delete_snapshot(snapshot_id: PathId, request: Request, caller: Caller)
 async def register_cluster(body: ClusterRegister, request: Request, caller: Caller) -> Cluster:
     """Register a storage cluster; an active one takes new volumes at once."""
     return await _svc(request).clusters.register(caller, body)
+
+
+@router.post("/clusters/discover", tags=["clusters (admin)"])
+async def discover_clusters(body: ClusterDiscover, request: Request, caller: Caller) -> ClusterList:
+    """Register every Cinder volume type or Manila share type of a clouds.yaml cloud as a
+    cluster (with a volume type of the same name), sized from its scheduler pools."""
+    svc = _svc(request)
+    return await discover(svc.clusters, svc.volume_types, caller, body)
 
 
 @router.get("/clusters", tags=["clusters (admin)"])

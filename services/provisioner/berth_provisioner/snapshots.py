@@ -40,14 +40,20 @@ class Snapshots:
     # -- use cases -------------------------------------------------------------------
 
     async def create(self, p: Principal, req: SnapshotCreate, wait_s: float) -> Snapshot:
+        p.require_writer()
         async with self.ctx.db.sessions() as s:
-            existing = await repo.snapshots.by_name(s, p.tenant, req.name)
+            # The snapshot belongs to its volume's tenant, also when an admin takes it.
+            vol = await repo.volumes.by_id(s, p.scope, req.volume_id)
+            if vol is None:
+                raise NotFound(f"volume {req.volume_id} not found", reason="volume_not_found")
+            owner = str(vol.tenant)
+            existing = await repo.snapshots.by_name(s, owner, req.name)
         if existing is None:
             try:
-                snap_id, op_id = await self._start(p, req)
+                snap_id, op_id = await self._start(owner, req)
             except IntegrityError:
                 async with self.ctx.db.sessions() as s:
-                    existing = await repo.snapshots.by_name(s, p.tenant, req.name)
+                    existing = await repo.snapshots.by_name(s, owner, req.name)
                 if existing is None:
                     raise
             else:
@@ -62,13 +68,13 @@ class Snapshots:
                 await self._run(pending, wait_s)
         return await self.get(p, existing.id)
 
-    async def _start(self, p: Principal, req: SnapshotCreate) -> tuple[str, str]:
+    async def _start(self, owner: str, req: SnapshotCreate) -> tuple[str, str]:
         snap_id = new_id("snap")
         async with self.ctx.db.transaction() as s:
             # Locked (PostgreSQL; SQLite serialises writers anyway) so that a concurrent
             # delete waits and then sees this snapshot, instead of both committing and the
             # snapshot outliving its volume.
-            vol = await repo.volumes.by_id(s, p.tenant, req.volume_id, lock=True)
+            vol = await repo.volumes.by_id(s, owner, req.volume_id, lock=True)
             if vol is None:
                 raise NotFound(f"volume {req.volume_id} not found", reason="volume_not_found")
             if vol.status not in SOURCE_VOLUME_STATUSES:
@@ -76,20 +82,20 @@ class Snapshots:
             await repo.snapshots.insert(
                 s,
                 id=snap_id,
-                tenant=p.tenant,
+                tenant=owner,
                 name=req.name,
                 volume_id=vol.id,
                 size_gib=vol.size_gib,
                 cluster_id=vol.cluster_id,
                 status=S.CREATING,
             )
-            op = self.ctx.runner.values("snapshot.create", snap_id, p.tenant, {"snapshot_id": snap_id})
+            op = self.ctx.runner.values("snapshot.create", snap_id, owner, {"snapshot_id": snap_id})
             await repo.operations.insert(s, op)
         return snap_id, str(op["id"])
 
     async def get(self, p: Principal, snapshot_id: str) -> Snapshot:
         async with self.ctx.db.sessions() as s:
-            row = await repo.snapshots.by_id(s, None if p.is_admin else p.tenant, snapshot_id)
+            row = await repo.snapshots.by_id(s, p.scope, snapshot_id)
         if row is None:
             raise _not_found(snapshot_id)
         return repo.snapshots.out(row)
@@ -102,8 +108,9 @@ class Snapshots:
         return SnapshotList(items=items, next_token=items[-1].id if len(rows) > q.limit else None)
 
     async def delete(self, p: Principal, snapshot_id: str, wait_s: float) -> None:
+        p.require_writer()
         async with self.ctx.db.transaction() as s:
-            snap = await repo.snapshots.by_id(s, p.tenant, snapshot_id)
+            snap = await repo.snapshots.by_id(s, p.scope, snapshot_id)
             if snap is None:
                 raise _not_found(snapshot_id)
             op_id = await repo.operations.pending(s, snapshot_id, "snapshot.delete")

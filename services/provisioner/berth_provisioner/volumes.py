@@ -54,6 +54,7 @@ class Volumes:
     # -- create ------------------------------------------------------------------
 
     async def create(self, p: Principal, req: VolumeCreate, wait_s: float) -> Volume:
+        p.require_writer()
         try:
             started = await self._start_create(p, req)
         except IntegrityError:
@@ -171,7 +172,7 @@ class Volumes:
 
     async def get(self, p: Principal, volume_id: str) -> Volume:
         async with self.ctx.db.sessions() as s:
-            row = await repo.volumes.by_id(s, None if p.is_admin else p.tenant, volume_id)
+            row = await repo.volumes.by_id(s, p.scope, volume_id)
         if row is None:
             raise _not_found(volume_id)
         return repo.volumes.out(row)
@@ -197,6 +198,7 @@ class Volumes:
     # -- delete ------------------------------------------------------------------
 
     async def delete(self, p: Principal, volume_id: str, wait_s: float) -> None:
+        p.require_writer()
         op_id = await self._start_delete(p, volume_id)
         checkpoint("volume.delete.after_record")
         self.ctx.runner.launch(op_id)
@@ -209,7 +211,7 @@ class Volumes:
 
     async def _start_delete(self, p: Principal, volume_id: str) -> str:
         async with self.ctx.db.transaction() as s:
-            vol = await repo.volumes.by_id(s, p.tenant, volume_id)
+            vol = await repo.volumes.by_id(s, p.scope, volume_id)
             if vol is None:
                 raise _not_found(volume_id)
             if vol.status == VolumeStatus.DELETING:
@@ -233,6 +235,7 @@ class Volumes:
     # -- expand ------------------------------------------------------------------
 
     async def expand(self, p: Principal, volume_id: str, size_gib: int, wait_s: float) -> Volume:
+        p.require_writer()
         op_id = await self._start_expand(p, volume_id, size_gib)
         if op_id:
             self.ctx.runner.launch(op_id)
@@ -241,7 +244,7 @@ class Volumes:
 
     async def _start_expand(self, p: Principal, volume_id: str, size_gib: int) -> str | None:
         async with self.ctx.db.transaction() as s:
-            vol = await repo.volumes.by_id(s, p.tenant, volume_id)
+            vol = await repo.volumes.by_id(s, p.scope, volume_id)
             if vol is None:
                 raise _not_found(volume_id)
             if vol.status == VolumeStatus.EXPANDING:
