@@ -42,15 +42,15 @@ class Grants:
             raise FailedPrecondition(f"volume {req.volume_id} is {loc.status}", reason="volume_not_ready")
         rules.check_mode(req.access_mode, req.readonly, loc.backend_kind)
         backend = self.ctx.locator.backend(loc.cluster_id, loc.backend_kind, loc.config)
-        # Before the transaction: CephFS looks the subvolume's path up at the mgr, Cinder
-        # makes the node's attachment, Manila its access rule; none of that may hold the
-        # node's row lock (or SQLite's writer) meanwhile.
         # The single-writer refusal first, from a plain read (the transaction below decides
         # for good): a refused node should not get a Cinder attachment even for a moment.
         async with self.ctx.db.sessions() as s:
             rows = await repo.attachments.of_volume(s, req.volume_id)
         held = [rules.Grant(r.node_id, r.access_mode, r.readonly) for r in rows if r.state == AttachmentState.ATTACHED]
         rules.decide(held, rules.Grant(req.node_id, req.access_mode, req.readonly))
+        # Before the transaction: CephFS looks the subvolume's path up at the mgr, Cinder
+        # makes the node's attachment, Manila its access rule; none of that may hold the
+        # node's row lock (or SQLite's writer) meanwhile.
         node_context = await publish_context(backend, req.volume_id, req.node_id, readonly=req.readonly)
         try:
             return await self._grant(req, loc, node_context)
