@@ -160,10 +160,9 @@ class ReceiverWorker:
             await self._send_all(c)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the DB went away mid-way: the claim runs out, it is retried
+        except Exception:  # the DB went away mid-way: the claim runs out, it is retried
             log.exception("receiver %s: delivery %d interrupted", self.receiver.name, c.id)
             self.metrics.attempts.labels(self.receiver.name, "retry").inc()
-            del exc
 
     async def _send_all(self, c: Claimed) -> None:
         name = self.receiver.name
