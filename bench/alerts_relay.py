@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -413,6 +414,7 @@ async def main() -> int:
         nats.stop()
         if args.database_url:
             await drop_schema(args.database_url, schema)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def drop_schema(url: str, schema: str) -> None:
