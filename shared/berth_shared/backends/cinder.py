@@ -18,7 +18,6 @@ node at Ceph and QoS is set on the image, where the node's librbd (rbd-fuse) enf
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from berth_shared.backends.base import Capacity, FenceTarget, InventoryItem, Unsupported
@@ -28,13 +27,11 @@ from berth_shared.backends.openstack_common import (
     META_TENANT,
     META_VOLUME,
     Cloud,
-    CloudConfig,
-    bad_config,
+    TypeConfig,
     berth_metadata,
     berth_name,
     gib,
-    opt_str,
-    parse_cloud,
+    parse_type_config,
     pool_capacity,
 )
 from berth_shared.backends.openstack_watch import CinderWatchOps, parse_time, quarantined
@@ -53,31 +50,10 @@ def node_instance(node_id: str) -> str:
     return str(uuid.uuid5(NODE_NAMESPACE, node_id))
 
 
-@dataclass(frozen=True)
-class CinderConfig:
-    cloud: CloudConfig
-    volume_type: str
-    availability_zone: str | None
-    ceph: dict[str, Any] | None  # an RBD backend config for the type's pool, if RBD-backed
+def validate_cinder_config(config: dict[str, Any]) -> tuple[TypeConfig, dict[str, Any]]:
+    from berth_shared.backends.rbd import validate_rbd_config
 
-
-def validate_cinder_config(config: dict[str, Any]) -> tuple[CinderConfig, dict[str, Any]]:
-    cloud, norm = parse_cloud("cinder", config)
-    vtype = opt_str("cinder", config, "volume_type", required=True)
-    assert vtype is not None
-    zone = opt_str("cinder", config, "availability_zone")
-    ceph = config.get("ceph")
-    if ceph is not None:
-        from berth_shared.backends.rbd import validate_rbd_config
-
-        if not isinstance(ceph, dict):
-            raise bad_config("cinder", "'ceph' must be an RBD config object (conf, keyring, user, pool)")
-        ceph = validate_rbd_config(ceph)[1]
-        norm["ceph"] = ceph
-    norm["volume_type"] = vtype
-    if zone:
-        norm["availability_zone"] = zone
-    return CinderConfig(cloud, vtype, zone, ceph), norm
+    return parse_type_config("cinder", config, "volume_type", validate_rbd_config, "RBD (conf, keyring, user, pool)")
 
 
 class CinderBackend(CinderWatchOps):
@@ -175,7 +151,7 @@ class CinderBackend(CinderWatchOps):
             attrs: dict[str, Any] = {
                 "name": berth_name(volume_id),
                 "size": gib(size_bytes),
-                "volume_type": self.cfg.volume_type,
+                "volume_type": self.cfg.type_name,
                 "metadata": meta,
                 **source,
             }
@@ -280,11 +256,11 @@ class CinderBackend(CinderWatchOps):
         """The type's backend pools as the scheduler sees them (RBD: Ceph's own figures)."""
 
         def run(c: Any) -> Capacity:
-            vtype = c.block_storage.find_type(self.cfg.volume_type, ignore_missing=False)
+            vtype = c.block_storage.find_type(self.cfg.type_name, ignore_missing=False)
             backend = (vtype.extra_specs or {}).get("volume_backend_name")
             return pool_capacity(c.block_storage.backend_pools(), "volume_backend_name", backend)
 
-        return await self.cloud.call(f"capacity of type {self.cfg.volume_type}", run)
+        return await self.cloud.call(f"capacity of type {self.cfg.type_name}", run)
 
     async def inventory(self) -> list[InventoryItem]:
         """Every Berth volume and snapshot of this type (paged by openstacksdk)."""
@@ -295,7 +271,7 @@ class CinderBackend(CinderWatchOps):
             for v in c.block_storage.volumes(details=True):
                 meta = v.metadata or {}
                 bid = meta.get(META_VOLUME)
-                if bid and v.volume_type == self.cfg.volume_type:
+                if bid and v.volume_type == self.cfg.type_name:
                     mine.add(v.id)
                     if quarantined(v):
                         continue
@@ -329,7 +305,7 @@ class CinderBackend(CinderWatchOps):
     async def set_type_qos(self, *, iops_per_gib: int | None, bytes_per_s_per_gib: int | None) -> str:
         """Cinder's own QoS for the whole type, scaled by size (`*_per_gb` keys, applied by
         the consumer: front-end = the hypervisor). Returns the spec's id."""
-        name = f"berth-{self.cfg.volume_type}"
+        name = f"berth-{self.cfg.type_name}"
         specs = {
             k: str(v)
             for k, v in (("total_iops_sec_per_gb", iops_per_gib), ("total_bytes_sec_per_gb", bytes_per_s_per_gib))
@@ -338,7 +314,7 @@ class CinderBackend(CinderWatchOps):
 
         def run(c: Any) -> str:
             bs = c.block_storage
-            vtype = bs.find_type(self.cfg.volume_type, ignore_missing=False)
+            vtype = bs.find_type(self.cfg.type_name, ignore_missing=False)
             spec = bs.find_qos_spec(name, ignore_missing=True)
             if spec is not None:
                 bs.disassociate_qos_spec(spec, vtype.id)
@@ -350,7 +326,7 @@ class CinderBackend(CinderWatchOps):
             bs.associate_qos_spec(spec, vtype.id)
             return str(spec.id)
 
-        return await self.cloud.call(f"qos of type {self.cfg.volume_type}", run)
+        return await self.cloud.call(f"qos of type {self.cfg.type_name}", run)
 
     # -- attachments -------------------------------------------------------------------
 

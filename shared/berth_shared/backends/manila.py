@@ -15,7 +15,6 @@ sessions and blocklists them, through the same code as Berth's CephFS backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from berth_shared.backends.base import Capacity, FenceTarget, InventoryItem, Unsupported
@@ -25,13 +24,11 @@ from berth_shared.backends.openstack_common import (
     META_TENANT,
     META_VOLUME,
     Cloud,
-    CloudConfig,
-    bad_config,
+    TypeConfig,
     berth_metadata,
     berth_name,
     gib,
-    opt_str,
-    parse_cloud,
+    parse_type_config,
     pool_capacity,
 )
 from berth_shared.backends.openstack_watch import ManilaWatchOps, parse_time, quarantined
@@ -44,31 +41,12 @@ NODE_CLIENT_PREFIX = "berth-node-"
 CLONE_SNAP = "clone-"  # + new volume id, under the berth- prefix
 
 
-@dataclass(frozen=True)
-class ManilaConfig:
-    cloud: CloudConfig
-    share_type: str
-    availability_zone: str | None
-    ceph: dict[str, Any] | None  # a CephFS backend config for the share type's file system
+def validate_manila_config(config: dict[str, Any]) -> tuple[TypeConfig, dict[str, Any]]:
+    from berth_shared.backends.cephfs import validate_cephfs_config
 
-
-def validate_manila_config(config: dict[str, Any]) -> tuple[ManilaConfig, dict[str, Any]]:
-    cloud, norm = parse_cloud("manila", config)
-    stype = opt_str("manila", config, "share_type", required=True)
-    assert stype is not None
-    zone = opt_str("manila", config, "availability_zone")
-    ceph = config.get("ceph")
-    if ceph is not None:
-        from berth_shared.backends.cephfs import validate_cephfs_config
-
-        if not isinstance(ceph, dict):
-            raise bad_config("manila", "'ceph' must be a CephFS config object (conf, keyring, user, fs_name)")
-        ceph = validate_cephfs_config(ceph)[1]
-        norm["ceph"] = ceph
-    norm["share_type"] = stype
-    if zone:
-        norm["availability_zone"] = zone
-    return ManilaConfig(cloud, stype, zone, ceph), norm
+    return parse_type_config(
+        "manila", config, "share_type", validate_cephfs_config, "CephFS (conf, keyring, user, fs_name)"
+    )
 
 
 def _ok(obj: Any) -> bool:
@@ -189,7 +167,7 @@ class ManilaBackend(ManilaWatchOps):
                 # keeps the snapshot's quota on the subvolume.
                 "size": int(snapshot.size) if snapshot else gib(size_bytes),
                 "share_proto": "CEPHFS",
-                "share_type": self.cfg.share_type,
+                "share_type": self.cfg.type_name,
                 "metadata": berth_metadata(volume_id, tenant),
             }
             if snapshot:
@@ -336,13 +314,13 @@ class ManilaBackend(ManilaWatchOps):
 
     async def capacity(self) -> Capacity:
         def run(c: Any) -> Capacity:
-            stype = next((t for t in c.shared_file_system.share_types() if t.name == self.cfg.share_type), None)
+            stype = next((t for t in c.shared_file_system.share_types() if t.name == self.cfg.type_name), None)
             if stype is None:
-                raise NotFound(f"share type {self.cfg.share_type} not found")
+                raise NotFound(f"share type {self.cfg.type_name} not found")
             backend = (stype.extra_specs or {}).get("share_backend_name")
             return pool_capacity(c.shared_file_system.storage_pools(details=True), "share_backend_name", backend)
 
-        return await self.cloud.call(f"capacity of share type {self.cfg.share_type}", run)
+        return await self.cloud.call(f"capacity of share type {self.cfg.type_name}", run)
 
     async def inventory(self) -> list[InventoryItem]:
         def run(c: Any) -> list[InventoryItem]:
@@ -351,7 +329,7 @@ class ManilaBackend(ManilaWatchOps):
             for s in sfs.shares(details=True):
                 meta = s.metadata or {}
                 bid = meta.get(META_VOLUME)
-                if bid and s.share_type_name == self.cfg.share_type and not quarantined(s):
+                if bid and s.share_type_name == self.cfg.type_name and not quarantined(s):
                     size = int(s.size) * GIB
                     created, partial = parse_time(s.created_at), s.status in ("creating", "error")
                     tenant = meta.get(META_TENANT)

@@ -97,6 +97,37 @@ def opt_str(kind: str, config: dict[str, Any], key: str, *, required: bool = Fal
     return _opt_str(kind, config, key, required=required)
 
 
+@dataclass(frozen=True)
+class TypeConfig:
+    """A Cinder volume type's or Manila share type's cluster config."""
+
+    cloud: CloudConfig
+    type_name: str
+    availability_zone: str | None
+    ceph: dict[str, Any] | None  # the Berth rbd/cephfs config of the storage behind the type
+
+
+def parse_type_config(
+    kind: str, config: dict[str, Any], type_key: str, ceph_validator: Callable[[dict[str, Any]], Any], ceph_hint: str
+) -> tuple[TypeConfig, dict[str, Any]]:
+    """The cloud's keys, the type (`type_key`), the zone and the optional `ceph` config
+    (validated by the Berth backend it names); returns the config and its normalised dict."""
+    cloud, norm = parse_cloud(kind, config)
+    name = _opt_str(kind, config, type_key, required=True)
+    assert name is not None
+    zone = _opt_str(kind, config, "availability_zone")
+    ceph = config.get("ceph")
+    if ceph is not None:
+        if not isinstance(ceph, dict):
+            raise bad_config(kind, f"'ceph' must be a {ceph_hint} config object")
+        ceph = ceph_validator(ceph)[1]
+        norm["ceph"] = ceph
+    norm[type_key] = name
+    if zone:
+        norm["availability_zone"] = zone
+    return TypeConfig(cloud, name, zone, ceph), norm
+
+
 def gib(size_bytes: int) -> int:
     """OpenStack sizes are whole GiB: round up, never below 1."""
     return max(1, math.ceil(size_bytes / GIB))
