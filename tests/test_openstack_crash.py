@@ -47,7 +47,9 @@ async def _register(http: httpx.AsyncClient, openstack: OpenStack) -> None:
     assert r.status_code == 201, r.text
 
 
-@pytest.mark.parametrize("point", ["cinder.create.after_request", "volume.create.after_backend"])
+# Cinder answered the create, Berth had not waited for it nor committed (the generic
+# `volume.create.after_backend` point is covered on RBD and CephFS by test_ceph_crash).
+@pytest.mark.parametrize("point", ["cinder.create.after_request"])
 async def test_kill_between_cinder_create_and_commit(
     point: str, service_process: Callable[..., ServiceProcess], tenants: Tenants, openstack: OpenStack
 ) -> None:
