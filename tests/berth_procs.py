@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from berth_provisioner import tables as pt
 from berth_shared.db import Database, make_database
 from berth_shared.natsserver import free_port
+from berth_testing import eventually
 
 T = TypeVar("T")
 EVENTS_STREAM = "BERTH_EVENTS"
@@ -150,6 +151,15 @@ async def backlog(db: Database) -> tuple[int, int]:
             await s.execute(select(func.count()).select_from(pt.operations).where(pt.operations.c.state == "pending"))
         ).scalar_one()
     return int(unpublished), int(pending)
+
+
+async def settled(proc: ServiceProcess) -> None:
+    """Bounded wait until every operation finished and every outbox row went out."""
+    db = await proc.open_db()
+    try:
+        await eventually(lambda: backlog(db), lambda b: b == (0, 0), what="operations and outbox drained")
+    finally:
+        await db.dispose()
 
 
 async def stream_events(nats_url: str, subjects: str, stream: str = EVENTS_STREAM) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import httpx
 import pytest
-from berth_procs import ServiceProcess, backlog
+from berth_procs import ServiceProcess, settled
 from ceph_clusters import GIB, TYPES, fs_subvolumes, rbd_berth_images, rbd_image, register_ceph
 
 from berth_shared.backends.rbd import PARTIAL
@@ -38,14 +38,6 @@ async def _crash_on(proc: ServiceProcess, request: Callable[[], Any]) -> None:
     else:
         raise AssertionError(f"answered ({r.status_code}) instead of crashing: {r.text}; {proc.tail()}")
     assert await proc.wait_exit() == -9, proc.tail()
-
-
-async def _settled(proc: ServiceProcess) -> None:
-    db = await proc.open_db()
-    try:
-        await eventually(lambda: backlog(db), lambda b: b == (0, 0), what="operations and outbox drained")
-    finally:
-        await db.dispose()
 
 
 class CephView:
@@ -114,7 +106,7 @@ async def test_kill_during_create_on_ceph(
         (vid,) = vols
         r = await http.post("/v1/volumes", json=spec)
         assert r.status_code == 201 and r.json()["id"] == vid, r.text
-        await _settled(proc)
+        await settled(proc)
 
         # One object per record, tagged with it, complete; none without one.
         objects = view.objects()
@@ -153,7 +145,7 @@ async def test_kill_during_delete_on_rbd(
         )
         r = await http.delete(f"/v1/volumes/{ids['doomed']}")
         assert r.status_code in (204, 404), r.text
-        await _settled(proc)
+        await settled(proc)
         assert view.objects() == {ids["keep"]: ids["keep"]}
 
         r = await http.delete(f"/v1/volumes/{ids['keep']}")

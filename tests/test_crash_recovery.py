@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from berth_procs import ServiceProcess, backlog, expected_files, stream_events, volume_files
+from berth_procs import ServiceProcess, backlog, expected_files, settled, stream_events, volume_files
 
 from berth_shared.natsserver import NatsServer
 from berth_testing import Tenants, eventually
@@ -62,20 +62,11 @@ async def _dead_state(proc: ServiceProcess, nats_url: str, tenant: str) -> tuple
     return len(volume_files(proc.data_dir)), unpublished, len(await _events(nats_url, tenant))
 
 
-async def _settled(proc: ServiceProcess) -> None:
-    """Bounded wait until every operation finished and every outbox row went out."""
-    db = await proc.open_db()
-    try:
-        await eventually(lambda: backlog(db), lambda b: b == (0, 0), what="operations and outbox drained")
-    finally:
-        await db.dispose()
-
-
 async def _check_state(
     proc: ServiceProcess, http: httpx.AsyncClient, nats_url: str, tenant: str, *, alive: dict[str, str], gone: set[str]
 ) -> None:
     """`alive`: volume id -> status expected; `gone`: deleted ids. One event per change."""
-    await _settled(proc)
+    await settled(proc)
     vols = await _volumes(http)
     assert {v["id"]: v["status"] for v in vols} == alive
     assert volume_files(proc.data_dir) == expected_files(alive), "backend files and records disagree"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from berth_shared.backends import BackendError, InventoryItem, build_backend, validate_backend_config
-from berth_shared.backends.file import FICLONE, FileBackend, _sparse_copy
+from berth_shared.backends.file import FileBackend
+from berth_shared.backends.file_copy import FICLONE, sparse_copy
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 
 GIB = 1 << 30
@@ -345,7 +346,7 @@ def test_sparse_copy_reflinks_where_the_file_system_can(tmp_path: Path) -> None:
     src.write_bytes(b"")
     os.truncate(src, 64 * MIB)
     write_at(src, {MIB: b"data"})
-    reflinked = _sparse_copy(src, dst)
+    reflinked = sparse_copy(src, dst)
     assert reflinked == reflink_supported(tmp_path), "FICLONE must be used exactly when the file system offers it"
     assert dst.stat().st_size == 64 * MIB
     assert nonzero_blocks(dst) == nonzero_blocks(src)
@@ -369,7 +370,7 @@ def test_sparse_copy_without_reflink(tmp_path: Path, size: int, writes: dict[int
     write_at(src, writes)
     dst.write_bytes(b"stale content that must go" * 5000)
 
-    assert _sparse_copy(src, dst, reflink=False) is False
+    assert sparse_copy(src, dst, reflink=False) is False
     assert dst.stat().st_size == size
     assert dst.read_bytes() == src.read_bytes()
     assert used_bytes(dst) <= used_bytes(src) + BLOCK

@@ -119,6 +119,7 @@ def snapshot_message(snap: Snapshot) -> Any:
         source_volume_id=snap.volume_id,
         creation_time=created,
         ready_to_use=snap.status == "available",
+        group_snapshot_id=snap.group_snapshot_id or "",
     )
 
 

@@ -28,6 +28,7 @@ class IdentityService:
         caps = [
             Cap(service=Cap.Service(type=Cap.Service.CONTROLLER_SERVICE)),
             Cap(service=Cap.Service(type=Cap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+            Cap(service=Cap.Service(type=Cap.Service.GROUP_CONTROLLER_SERVICE)),
             Cap(volume_expansion=Cap.VolumeExpansion(type=Cap.VolumeExpansion.ONLINE)),
         ]
         return csi.GetPluginCapabilitiesResponse(capabilities=caps)

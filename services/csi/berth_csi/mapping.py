@@ -138,11 +138,11 @@ def _zones_of(topologies: Any) -> list[str]:
     return [str(t.segments[ZONE_KEY]) for t in topologies if ZONE_KEY in t.segments]
 
 
-def check_parameters(parameters: Mapping[str, str]) -> None:
-    unknown = sorted(k for k in parameters if k not in VOLUME_PARAMETERS and not k.startswith(CO_PREFIX))
+def check_parameters(parameters: Mapping[str, str], known: frozenset[str] = VOLUME_PARAMETERS) -> None:
+    unknown = sorted(k for k in parameters if k not in known and not k.startswith(CO_PREFIX))
     if unknown:
         raise InvalidArgument(
-            f"parameters: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(VOLUME_PARAMETERS))}",
+            f"parameters: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}",
             field="parameters",
         )
 

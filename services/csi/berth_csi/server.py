@@ -1,4 +1,5 @@
-"""The gRPC server on the unix socket: Identity always, Controller and/or Node by mode."""
+"""The gRPC server on the unix socket: Identity always, Controller (with GroupController)
+and/or Node by mode."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from berth_csi.controller import ControllerService
+from berth_csi.group_controller import GroupControllerService
 from berth_csi.identity import IdentityService
 from berth_csi.node import NodeService
 from berth_csi.pb import csi, rpc
@@ -63,6 +65,7 @@ class CsiServer:
         if mode in ("controller", "both"):
             self.controller = ControllerService(self.bus, self.settings)
             rpc.add_ControllerServicer_to_server(self.controller, server)
+            rpc.add_GroupControllerServicer_to_server(GroupControllerService(self.bus, self.settings), server)
         if mode in ("node", "both"):
             self.node = NodeService(self.settings, self.bus)
             rpc.add_NodeServicer_to_server(self.node, server)

@@ -30,6 +30,7 @@ from berth_testing import Tenants, eventually, running
 
 GIB = 1024**3
 AM = csi.VolumeCapability.AccessMode
+CALL_S = 120.0  # every gRPC call and file operation is bounded: a wedged client fails the test
 
 
 def mount_cap(mode: int = AM.SINGLE_NODE_WRITER, fs_type: str = "") -> Any:
@@ -301,6 +302,40 @@ def leftovers(st: CsiStack) -> dict[str, list[str]]:
 def kubelet_dir(path: str) -> str:
     os.makedirs(path, exist_ok=True)
     return path
+
+
+async def stage_publish(st: CsiStack, vid: str, pctx: dict[str, str], cap: Any, pod: str) -> tuple[str, str]:
+    """NodeStage (twice: idempotent) and NodePublish as kubelet does; (staging, target): the
+    target is a mount, or for raw block access the device node bound onto a file."""
+    block = cap.WhichOneof("access_type") == "block"
+    staging = kubelet_dir(st.path("staging", vid))
+    target = st.path("pods", pod, "dev" if block else "mount")
+    kubelet_dir(os.path.dirname(target))
+    stage = csi.NodeStageVolumeRequest(
+        volume_id=vid, publish_context=pctx, staging_target_path=staging, volume_capability=cap
+    )
+    await st.node.NodeStageVolume(stage, timeout=CALL_S)
+    await st.node.NodeStageVolume(stage, timeout=CALL_S)  # idempotent
+    assert mounts.is_mounted(staging) != block  # a raw device has no file system to mount
+    publish = csi.NodePublishVolumeRequest(
+        volume_id=vid, publish_context=pctx, staging_target_path=staging, target_path=target, volume_capability=cap
+    )
+    await st.node.NodePublishVolume(publish, timeout=CALL_S)
+    assert mounts.is_mounted(target)
+    return staging, target
+
+
+async def teardown(st: CsiStack, vid: str, staging: str, target: str) -> None:
+    """NodeUnpublish, NodeUnstage (twice) and ControllerUnpublish; the node keeps nothing of it."""
+    await st.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target), timeout=CALL_S)
+    unstage = csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging)
+    await st.node.NodeUnstageVolume(unstage, timeout=CALL_S)
+    await st.node.NodeUnstageVolume(unstage, timeout=CALL_S)  # idempotent
+    assert not mounts.is_mounted(staging) and not mounts.is_mounted(target)
+    assert st.node_service.state.get(vid) is None
+    await st.controller.ControllerUnpublishVolume(
+        csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id="node-a"), timeout=CALL_S
+    )
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:

@@ -1,12 +1,14 @@
 """Ceph volumes through the CSI socket, on the session's real Ceph: an RBD volume (ext4 over
 rbd-fuse + loop, or whatever block path the host has) and a CephFS subvolume (ceph-fuse,
 MULTI_NODE_MULTI_WRITER), each staged, published, written, torn down and staged again, and
-nothing left behind: no mount, no loop device, no fuse daemon."""
+nothing left behind: no mount, no loop device, no fuse daemon. And an RBD group snapshot of
+two volumes in use, restored."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import threading
@@ -15,10 +17,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from ceph_clusters import TYPES, register_ceph
-from csi_harness import AM, CsiStack, block_cap, csi_stack, kubelet_dir, mount_cap, read, write
+from ceph_clusters import TYPES, rbd_image, register_ceph
+from csi_harness import (
+    AM,
+    CALL_S,
+    CsiStack,
+    block_cap,
+    csi_stack,
+    kubelet_dir,
+    mount_cap,
+    read,
+    stage_publish,
+    teardown,
+    write,
+)
 
-from berth_csi.pb import csi
+from berth_csi.pb import csi, rpc
 from berth_shared.backends import build_backend
 from berth_shared.backends.cephfs import CephFsBackend
 from berth_shared.node import ceph as node_ceph
@@ -30,7 +44,6 @@ from berth_testing.ceph import CephCluster
 # gRPC's asyncio poller binds to one event loop: every CSI test shares the session's.
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.root]
 T = TypeVar("T")
-CALL_S = 120.0  # every gRPC call and file operation is bounded: a wedged client fails the test
 
 
 def _skip_unless_can_attach(kind: str) -> None:
@@ -107,36 +120,6 @@ async def _force_clean(st: CsiStack) -> None:
             await asyncio.wait_for(staging.unstage(vs.staged, fenced=True, node_id="node-a"), 60)
 
 
-async def _stage_publish(st: CsiStack, vid: str, pctx: dict[str, str], cap: Any, pod: str) -> tuple[str, str]:
-    staging = kubelet_dir(st.path("staging", vid))
-    target = st.path("pods", pod, "mount")
-    kubelet_dir(os.path.dirname(target))
-    stage = csi.NodeStageVolumeRequest(
-        volume_id=vid, publish_context=pctx, staging_target_path=staging, volume_capability=cap
-    )
-    await st.node.NodeStageVolume(stage, timeout=CALL_S)
-    await st.node.NodeStageVolume(stage, timeout=CALL_S)  # idempotent
-    assert mounts.is_mounted(staging)
-    publish = csi.NodePublishVolumeRequest(
-        volume_id=vid, publish_context=pctx, staging_target_path=staging, target_path=target, volume_capability=cap
-    )
-    await st.node.NodePublishVolume(publish, timeout=CALL_S)
-    assert mounts.is_mounted(target)
-    return staging, target
-
-
-async def _teardown(st: CsiStack, vid: str, staging: str, target: str) -> None:
-    await st.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target), timeout=CALL_S)
-    unstage = csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging)
-    await st.node.NodeUnstageVolume(unstage, timeout=CALL_S)
-    await st.node.NodeUnstageVolume(unstage, timeout=CALL_S)  # idempotent
-    assert not mounts.is_mounted(staging) and not mounts.is_mounted(target)
-    assert st.node_service.state.get(vid) is None
-    await st.controller.ControllerUnpublishVolume(
-        csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id="node-a"), timeout=CALL_S
-    )
-
-
 def _check_staged(st: CsiStack, vid: str, backend: str) -> str:
     """The node state and the heartbeat's staged list carry the volume's client address."""
     vs = st.node_service.state.get(vid)
@@ -160,17 +143,17 @@ async def test_rbd_volume_through_the_socket(
 
             pctx = await st.publish(vid)
             assert pctx["backend"] == "rbd" and pctx["image"], pctx
-            staging, target = await _stage_publish(st, vid, pctx, cap, "p1")
+            staging, target = await stage_publish(st, vid, pctx, cap, "p1")
             _check_staged(st, vid, "rbd")
             await _io(lambda: _write(Path(target, "table.dat"), b"committed row\n"))
-            await _teardown(st, vid, staging, target)
+            await teardown(st, vid, staging, target)
             assert _leftovers(st) == {"mounts": [], "loops": [], "procs": []}
 
             # Staged again (a new attachment): the data is there.
             pctx = await st.publish(vid)
-            staging, target = await _stage_publish(st, vid, pctx, cap, "p2")
+            staging, target = await stage_publish(st, vid, pctx, cap, "p2")
             assert await _io(lambda: Path(target, "table.dat").read_bytes()) == b"committed row\n"
-            await _teardown(st, vid, staging, target)
+            await teardown(st, vid, staging, target)
 
             await st.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid), timeout=CALL_S)
             assert _leftovers(st) == {"mounts": [], "loops": [], "procs": []}
@@ -211,7 +194,7 @@ async def test_rbd_raw_block_through_the_socket(
                     await _io(lambda t=target: write(t, b"raw block row", offset=1 << 20))
                 else:
                     assert await _io(lambda t=target: read(t, offset=1 << 20, size=13)) == b"raw block row"
-                await _teardown(st, vid, staging, target)
+                await teardown(st, vid, staging, target)
                 assert _leftovers(st) == {"mounts": [], "loops": [], "procs": []}
             await st.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid), timeout=CALL_S)
         finally:
@@ -240,17 +223,17 @@ async def test_cephfs_volume_through_the_socket(
 
                 pctx = await st.publish(vid, cap=cap)
                 assert pctx["backend"] == "cephfs" and pctx["path"], pctx
-                staging, target = await _stage_publish(st, vid, pctx, cap, "p1")
+                staging, target = await stage_publish(st, vid, pctx, cap, "p1")
                 if st.node_service.state.get(vid).staged.ceph.fs.method == "fuse":  # type: ignore[union-attr]
                     _check_staged(st, vid, "cephfs")  # the kernel client does not tell its address
                 await _io(lambda: _write(Path(target, "shared.dat"), b"shared row\n"))
-                await _teardown(st, vid, staging, target)
+                await teardown(st, vid, staging, target)
                 assert _leftovers(st) == {"mounts": [], "loops": [], "procs": []}
 
                 pctx = await st.publish(vid, cap=cap)
-                staging, target = await _stage_publish(st, vid, pctx, cap, "p2")
+                staging, target = await stage_publish(st, vid, pctx, cap, "p2")
                 assert await _io(lambda: Path(target, "shared.dat").read_bytes()) == b"shared row\n"
-                await _teardown(st, vid, staging, target)
+                await teardown(st, vid, staging, target)
 
                 await backend.deauthorize(vid, client_id)
                 await st.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid), timeout=CALL_S)
@@ -259,3 +242,48 @@ async def test_cephfs_volume_through_the_socket(
                 await _force_clean(st)
     finally:
         await backend.close()
+
+
+async def test_rbd_group_snapshot_through_the_socket(
+    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, ceph: CephCluster
+) -> None:
+    """Two RBD volumes written through their nodes' devices; the group snapshot is one cut
+    (an RBD group snapshot: librbd holds the members' writes while it is taken), crash
+    consistent: what the pods synced before it is in it, what they wrote after is not."""
+    _skip_unless_can_attach("rbd")
+    make = _with_csi(make_settings, ceph_conf=str(ceph.conf), rbd_user=ceph.user, rbd_keyring=str(ceph.keyring))
+    async with csi_stack(make, tenants, tmp_path) as st:
+        try:
+            await register_ceph(st.prov, tenants.admin, ceph, "rbd")
+            g, cap, params = rpc.GroupControllerStub(st.channel), block_cap(), {"type": TYPES["rbd"]}
+            vids = [(await st.create(f"rbd-db-{i}", parameters=params, cap=cap)).volume_id for i in range(2)]
+            staged = [(v, *await stage_publish(st, v, await st.publish(v, cap=cap), cap, f"db-{v}")) for v in vids]
+            for vid, _staging, dev in staged:
+                await _io(functools.partial(write, dev, f"txid 7 {vid}".encode(), offset=1 << 20))
+            req = csi.CreateVolumeGroupSnapshotRequest(name="rbd-group-1", source_volume_ids=vids)
+            gs = (await g.CreateVolumeGroupSnapshot(req, timeout=CALL_S)).group_snapshot
+            assert gs.ready_to_use and sorted(s.source_volume_id for s in gs.snapshots) == sorted(vids)
+            for vid, _staging, dev in staged:
+                await _io(functools.partial(write, dev, f"txid 8 {vid}".encode(), offset=1 << 20))
+                await teardown(st, vid, _staging, dev)
+
+            for snap in gs.snapshots:
+                source = csi.VolumeContentSource(
+                    snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=snap.snapshot_id)
+                )
+                restored = await st.create(
+                    f"r-{snap.source_volume_id}", parameters=params, cap=cap, volume_content_source=source
+                )
+                with rbd_image(ceph, restored.volume_id) as image:
+                    assert bytes(image.read(1 << 20, 64)).rstrip(b"\0") == f"txid 7 {snap.source_volume_id}".encode()
+                await st.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=restored.volume_id), timeout=CALL_S)
+            ids = [s.snapshot_id for s in gs.snapshots]
+            delete = csi.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gs.group_snapshot_id, snapshot_ids=ids)
+            await g.DeleteVolumeGroupSnapshot(delete, timeout=CALL_S)
+            for vid in vids:
+                with rbd_image(ceph, vid) as image:
+                    assert list(image.list_snaps()) == []
+                await st.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid), timeout=CALL_S)
+            assert _leftovers(st) == {"mounts": [], "loops": [], "procs": []}
+        finally:
+            await _force_clean(st)

@@ -66,7 +66,11 @@ async def test_identity_and_node_info(make_settings: Callable[..., Settings]) ->
         assert info.name == DRIVER_NAME and info.vendor_version
         caps = (await identity.GetPluginCapabilities(csi.GetPluginCapabilitiesRequest())).capabilities
         services = {c.service.type for c in caps if c.HasField("service")}
-        assert services == {PluginCap.Service.CONTROLLER_SERVICE, PluginCap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS}
+        assert services == {
+            PluginCap.Service.CONTROLLER_SERVICE,
+            PluginCap.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS,
+            PluginCap.Service.GROUP_CONTROLLER_SERVICE,
+        }
         assert [c.volume_expansion.type for c in caps if c.HasField("volume_expansion")] == [
             PluginCap.VolumeExpansion.ONLINE
         ]

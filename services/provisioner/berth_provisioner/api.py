@@ -16,6 +16,9 @@ from berth_shared.messages.provisioner import (
     ClusterPatch,
     ClusterRegister,
     ClusterUpdate,
+    GroupSnapshot,
+    GroupSnapshotCreate,
+    GroupSnapshotList,
     Quota,
     QuotaLimits,
     QuotaSet,
@@ -111,6 +114,34 @@ async def get_snapshot(snapshot_id: PathId, request: Request, caller: Caller) ->
 @router.delete("/snapshots/{snapshot_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["snapshots"])
 async def delete_snapshot(snapshot_id: PathId, request: Request, caller: Caller) -> Response:
     await _svc(request).snapshots.delete(caller, snapshot_id, _wait(request))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/group-snapshots", status_code=status.HTTP_201_CREATED, tags=["group snapshots"])
+async def create_group_snapshot(body: GroupSnapshotCreate, request: Request, caller: Caller) -> GroupSnapshot:
+    """Snapshot several volumes at one point in time; the name is the idempotency key."""
+    return await _svc(request).group_snapshots.create(caller, body, _wait(request))
+
+
+@router.get("/group-snapshots", tags=["group snapshots"])
+async def list_group_snapshots(
+    request: Request,
+    caller: Caller,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    starting_token: QueryId = None,
+) -> GroupSnapshotList:
+    return await _svc(request).group_snapshots.list(caller, ListQuery(limit=limit, starting_token=starting_token))
+
+
+@router.get("/group-snapshots/{group_snapshot_id}", tags=["group snapshots"])
+async def get_group_snapshot(group_snapshot_id: PathId, request: Request, caller: Caller) -> GroupSnapshot:
+    return await _svc(request).group_snapshots.get(caller, group_snapshot_id)
+
+
+@router.delete("/group-snapshots/{group_snapshot_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["group snapshots"])
+async def delete_group_snapshot(group_snapshot_id: PathId, request: Request, caller: Caller) -> Response:
+    """Delete a group snapshot with its member snapshots."""
+    await _svc(request).group_snapshots.delete(caller, group_snapshot_id, _wait(request))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

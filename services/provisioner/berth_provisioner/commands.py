@@ -12,6 +12,9 @@ from berth_shared.messages.provisioner import (
     ClusterRegister,
     ClusterUpdate,
     Empty,
+    GroupSnapshot,
+    GroupSnapshotCreate,
+    GroupSnapshotList,
     NoArgs,
     Quota,
     QuotaGet,
@@ -72,6 +75,23 @@ def register_commands(server: CommandServer, svc: Provisioner) -> None:
     @server.command(f"{PREFIX}.snapshot.delete", ById)
     async def snapshot_delete(req: ById, ctx: CommandContext) -> Empty:
         await svc.snapshots.delete(ctx.principal, req.id, ctx.remaining_s())
+        return Empty()
+
+    @server.command(f"{PREFIX}.group_snapshot.create", GroupSnapshotCreate)
+    async def group_snapshot_create(req: GroupSnapshotCreate, ctx: CommandContext) -> GroupSnapshot:
+        return await svc.group_snapshots.create(ctx.principal, req, ctx.remaining_s())
+
+    @server.command(f"{PREFIX}.group_snapshot.get", ById)
+    async def group_snapshot_get(req: ById, ctx: CommandContext) -> GroupSnapshot:
+        return await svc.group_snapshots.get(ctx.principal, req.id)
+
+    @server.command(f"{PREFIX}.group_snapshot.list", ListQuery)
+    async def group_snapshot_list(req: ListQuery, ctx: CommandContext) -> GroupSnapshotList:
+        return await svc.group_snapshots.list(ctx.principal, req)
+
+    @server.command(f"{PREFIX}.group_snapshot.delete", ById)
+    async def group_snapshot_delete(req: ById, ctx: CommandContext) -> Empty:
+        await svc.group_snapshots.delete(ctx.principal, req.id, ctx.remaining_s())
         return Empty()
 
     @server.command(f"{PREFIX}.cluster.register", ClusterRegister)

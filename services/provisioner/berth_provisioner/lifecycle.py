@@ -1,7 +1,9 @@
-"""The lifecycles of volumes and snapshots: which status change each event makes (pure).
+"""The lifecycles of volumes, snapshots and group snapshots: which status change each
+event makes (pure).
 
 A status moves only along these transitions, each a conditional UPDATE on the status read
-(see repo/volumes.py, repo/snapshots.py), so two racing requests cannot both move it.
+(see repo/volumes.py, repo/snapshots.py, repo/group_snapshots.py), so two racing requests
+cannot both move it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class SnapshotStatus(StrEnum):
     ERROR = "error"
 
 
+# A group snapshot's members are snapshots that move with it, in the same transaction:
+# created, deleted and failed together, never one by one.
+GroupSnapshotStatus = SnapshotStatus
+
 V = VolumeStatus
 S = SnapshotStatus
 
@@ -47,18 +53,17 @@ VOLUME = Lifecycle(
     ],
 )
 
-SNAPSHOT = Lifecycle(
-    "snapshot",
-    SnapshotStatus,
-    [
-        ("created", S.CREATING, S.AVAILABLE),
-        ("create_failed", S.CREATING, GONE),
-        ("delete", S.AVAILABLE, S.DELETING),
-        ("delete", S.ERROR, S.DELETING),
-        ("deleted", S.DELETING, GONE),
-        ("delete_failed", S.DELETING, S.ERROR),
-    ],
-)
+_SNAPSHOT_TRANSITIONS: list[tuple[str, str, str | None]] = [
+    ("created", S.CREATING, S.AVAILABLE),
+    ("create_failed", S.CREATING, GONE),
+    ("delete", S.AVAILABLE, S.DELETING),
+    ("delete", S.ERROR, S.DELETING),
+    ("deleted", S.DELETING, GONE),
+    ("delete_failed", S.DELETING, S.ERROR),
+]
+SNAPSHOT = Lifecycle("snapshot", SnapshotStatus, _SNAPSHOT_TRANSITIONS)
+# The same table: each event that moves a group snapshot moves its members alike.
+GROUP_SNAPSHOT = Lifecycle("group snapshot", GroupSnapshotStatus, _SNAPSHOT_TRANSITIONS)
 
 # Only an available volume (or snapshot) is a source: of a snapshot, or of a new volume.
 SOURCE_VOLUME_STATUSES = frozenset({V.AVAILABLE})

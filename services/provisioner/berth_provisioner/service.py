@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from berth_provisioner.clusters import Clusters
 from berth_provisioner.context import Context
+from berth_provisioner.group_snapshots import GroupSnapshots
 from berth_provisioner.operations import OperationRunner
 from berth_provisioner.quotas import Quotas
 from berth_provisioner.snapshots import Snapshots
@@ -37,6 +38,7 @@ class Provisioner:
         self.volumes = Volumes(ctx)
         self.volume_ops = VolumeOps(ctx)
         self.snapshots = Snapshots(ctx)
+        self.group_snapshots = GroupSnapshots(ctx)
         self.clusters = Clusters(ctx)
         self.volume_types = VolumeTypes(ctx)
         self.quotas = Quotas(ctx)

@@ -15,7 +15,7 @@ from berth_provisioner.context import Context
 from berth_provisioner.lifecycle import SNAPSHOT, SOURCE_VOLUME_STATUSES, SnapshotStatus
 from berth_shared.auth import Principal
 from berth_shared.backends import BackendError
-from berth_shared.errors import Aborted, AlreadyExists, NotFound
+from berth_shared.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from berth_shared.ids import new_id
 from berth_shared.messages.provisioner import Snapshot, SnapshotCreate, SnapshotList, SnapshotListQuery
 
@@ -113,6 +113,13 @@ class Snapshots:
             snap = await repo.snapshots.by_id(s, p.scope, snapshot_id)
             if snap is None:
                 raise _not_found(snapshot_id)
+            if snap.group_snapshot_id:
+                raise FailedPrecondition(
+                    f"snapshot {snapshot_id} is a member of group snapshot {snap.group_snapshot_id}: delete the group "
+                    "snapshot (its members go with it)",
+                    reason="snapshot_in_group",
+                    group_snapshot_id=snap.group_snapshot_id,
+                )
             op_id = await repo.operations.pending(s, snapshot_id, "snapshot.delete")
             if op_id is None:
                 if not SNAPSHOT.allows(snap.status, "delete"):

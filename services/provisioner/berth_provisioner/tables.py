@@ -82,9 +82,27 @@ snapshots = Table(
     Column("size_gib", Integer, nullable=False),
     Column("cluster_id", String(64), ForeignKey("clusters.id"), nullable=False),
     Column("status", String(16), nullable=False),
+    # Set for a group snapshot's member: it is made and deleted only with its group.
+    Column("group_snapshot_id", String(64), nullable=True, index=True),
     timestamp("created_at"),
     timestamp("updated_at"),
     UniqueConstraint("tenant", "name", name="uq_snapshots_tenant_name"),
+)
+
+group_snapshots = Table(
+    "group_snapshots",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    # Sorted: with the name, what makes a repeated create the same request.
+    Column("volume_ids", JSON, nullable=False),
+    Column("cluster_id", String(64), ForeignKey("clusters.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    timestamp("created_at"),
+    timestamp("updated_at"),
+    # The name is the idempotency key: one group snapshot per (tenant, name).
+    UniqueConstraint("tenant", "name", name="uq_group_snapshots_tenant_name"),
 )
 
 quotas = Table(

@@ -5,6 +5,7 @@ from berth_shared.backends.base import (
     BackendError,
     Capacity,
     FenceTarget,
+    GroupSnapshots,
     InventoryItem,
     IoCounters,
     ObjectKind,
@@ -12,6 +13,7 @@ from berth_shared.backends.base import (
     QosState,
     TrashItem,
     Unsupported,
+    group_snapshots,
 )
 from berth_shared.backends.cache import BackendCache
 from berth_shared.backends.registry import build_backend, validate_backend_config
@@ -22,6 +24,7 @@ __all__ = [
     "BackendError",
     "Capacity",
     "FenceTarget",
+    "GroupSnapshots",
     "InventoryItem",
     "IoCounters",
     "ObjectKind",
@@ -30,5 +33,6 @@ __all__ = [
     "TrashItem",
     "Unsupported",
     "build_backend",
+    "group_snapshots",
     "validate_backend_config",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from berth_shared.errors import BerthError, InvalidArgument
 
@@ -177,3 +178,25 @@ class Backend(Protocol):
         """Drop connections and threads the backend holds (Ceph: its librados client); the
         backend is not used afterwards."""
         ...
+
+
+@runtime_checkable
+class GroupSnapshots(Protocol):
+    """Optional: backends that snapshot several volumes at one point in time (a database
+    spread over volumes). `members` maps each member snapshot's id to its volume's; once
+    made, each member is a snapshot like any other to restore from (and is deleted only
+    with its group). Both calls are idempotent, and a repeated create after a crash makes
+    one consistent cut, never members from two."""
+
+    async def create_group_snapshot(self, group_snapshot_id: str, members: Mapping[str, str]) -> None: ...
+    async def delete_group_snapshot(self, group_snapshot_id: str, members: Mapping[str, str]) -> None: ...
+
+
+def group_snapshots(backend: Backend) -> GroupSnapshots:
+    """The backend's group snapshots, or Unsupported for a backend without them."""
+    if not isinstance(backend, GroupSnapshots):
+        raise Unsupported(
+            f"the {backend.kind} backend cannot snapshot several volumes at one point in time",
+            reason="group_snapshot_unsupported",
+        )
+    return backend

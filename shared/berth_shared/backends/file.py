@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import os
 import re
 from datetime import UTC, datetime
@@ -34,10 +33,11 @@ from berth_shared.backends.base import (
     QosState,
     TrashItem,
 )
+from berth_shared.backends.file_copy import fsync_dir, open_private, sparse_copy
+from berth_shared.backends.file_groups import FileGroupSnapshots
 from berth_shared.errors import FailedPrecondition, NotFound, OutOfRange
 from berth_shared.node.cutoff import cut_off_file
 
-FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
 _TMP_SUFFIX = ".partial"
 
@@ -47,78 +47,6 @@ def _check_id(value: str) -> str:
     if not _ID.fullmatch(value):
         raise ValueError(f"invalid backend object id {value!r}")
     return value
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _open_private(path: Path) -> int:
-    """Open `path` empty, write-only and 0600: it holds a tenant's data.
-
-    O_CREAT's mode does not apply to a file that already exists (a crash's leftover
-    `.partial`), hence the explicit fchmod.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _sparse_copy(src: Path, dst: Path, *, reflink: bool = True) -> bool:
-    """Copy `src` to `dst` keeping holes; return True when it was a reflink.
-
-    With `reflink` (the default) the file system is first asked for a copy-on-write clone
-    (FICLONE: btrfs, XFS, bcachefs...); where it cannot, only the data extents are copied
-    (SEEK_DATA/SEEK_HOLE + copy_file_range), so a thin file stays thin. `dst` is
-    truncated first and fsync'd before returning, so the caller can rename it into place.
-    """
-    with open(src, "rb") as fin, os.fdopen(_open_private(dst), "wb") as fout:
-        src_fd, dst_fd = fin.fileno(), fout.fileno()
-        cloned = reflink and _try_reflink(src_fd, dst_fd)
-        if not cloned:
-            _copy_data_extents(src_fd, dst_fd)
-        os.fsync(dst_fd)
-    return cloned
-
-
-def _try_reflink(src_fd: int, dst_fd: int) -> bool:
-    """FICLONE `src_fd` into `dst_fd`; False when the file system cannot share extents."""
-    try:
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
-            raise
-        return False
-    return True
-
-
-def _copy_data_extents(src_fd: int, dst_fd: int) -> None:
-    size = os.fstat(src_fd).st_size
-    offset = 0
-    while offset < size:
-        try:
-            data = os.lseek(src_fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole remains
-                break
-            raise
-        hole = os.lseek(src_fd, data, os.SEEK_HOLE)
-        pos = data
-        while pos < hole:
-            copied = os.copy_file_range(src_fd, dst_fd, hole - pos, pos, pos)
-            if copied == 0:
-                break
-            pos += copied
-        offset = hole
-    os.ftruncate(dst_fd, size)
 
 
 def _img_files(folder: Path) -> list[tuple[os.DirEntry[str], str, bool]]:
@@ -134,7 +62,7 @@ def _img_files(folder: Path) -> list[tuple[os.DirEntry[str], str, bool]]:
     return found
 
 
-class FileBackend:
+class FileBackend(FileGroupSnapshots):
     kind = "file"
 
     def __init__(self, root: Path, *, qos_cgroup: str | None = None) -> None:
@@ -208,18 +136,18 @@ class FileBackend:
             source_size = source.stat().st_size
             if source_size > size_bytes:
                 raise OutOfRange(f"{path.name} cannot be {size_bytes} bytes, smaller than its source's {source_size}")
-            _sparse_copy(source, tmp)
+            sparse_copy(source, tmp)
             if source_size < size_bytes:
                 os.truncate(tmp, size_bytes)
         else:
-            fd = _open_private(tmp)
+            fd = open_private(tmp)
             try:
                 os.ftruncate(fd, size_bytes)
                 os.fsync(fd)
             finally:
                 os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     async def delete_volume(self, volume_id: str) -> None:
         await self._io(self._unlink_sync, self.volume_path(volume_id))
@@ -247,9 +175,9 @@ class FileBackend:
     def _snapshot_sync(self, src: Path, dst: Path) -> None:
         self._prepare()
         tmp = dst.with_name(dst.name + _TMP_SUFFIX)
-        _sparse_copy(src, tmp)
+        sparse_copy(src, tmp)
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await self._io(self._unlink_sync, self.snapshot_path(snapshot_id))
@@ -260,7 +188,7 @@ class FileBackend:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         if path.parent.exists():
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     # -- accounting ------------------------------------------------------------
 
@@ -340,8 +268,8 @@ class FileBackend:
             os.replace(sources[0], target)
             for leftover in sources[1:]:
                 leftover.unlink()
-            _fsync_dir(target.parent)
-            _fsync_dir(sources[0].parent)
+            fsync_dir(target.parent)
+            fsync_dir(sources[0].parent)
 
         await self._io(_move)
 
@@ -358,8 +286,8 @@ class FileBackend:
                 )
             self._prepare()
             os.replace(source, live)
-            _fsync_dir(live.parent)
-            _fsync_dir(source.parent)
+            fsync_dir(live.parent)
+            fsync_dir(source.parent)
 
         await self._io(_move)
 

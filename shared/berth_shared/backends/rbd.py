@@ -53,6 +53,7 @@ from berth_shared.backends.ceph_common import (
     parse_common,
     pool_name,
 )
+from berth_shared.backends.rbd_groups import GROUP_NAMESPACE, RbdGroupOps
 from berth_shared.backends.rbd_watch import PARTIAL, QOS_KEYS, QUARANTINE_SNAP, RbdWatchOps, quarantine_mark
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from berth_shared.faults import checkpoint
@@ -117,7 +118,7 @@ class RbdVolumeInfo:
     features: list[str] = field(default_factory=list)
 
 
-class RbdBackend(RbdWatchOps):
+class RbdBackend(RbdWatchOps, RbdGroupOps):
     kind = "rbd"
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -191,7 +192,9 @@ class RbdBackend(RbdWatchOps):
             entry = self.index.get("snap." + snapshot_id)
             if entry is None:
                 raise NotFound(f"snapshot {snapshot_id} not found in pool {self.cfg.pool}")
-            self._create_sync(ioctx, volume_id, size_bytes, (str(entry["image_id"]), snapshot_id))
+            # A group snapshot's member: copied (see rbd_groups.py); any other: cloned.
+            source = entry if entry.get("group") else (str(entry["image_id"]), snapshot_id)
+            self._create_sync(ioctx, volume_id, size_bytes, source)
 
         await self._do(run, what=f"create rbd volume {volume_id} from snapshot {snapshot_id}")
 
@@ -213,7 +216,9 @@ class RbdBackend(RbdWatchOps):
 
         await self._do(run, what=f"clone rbd volume {source_volume_id} to {volume_id}")
 
-    def _create_sync(self, ioctx: Any, volume_id: str, size_bytes: int, source: tuple[str, str] | None) -> None:
+    def _create_sync(
+        self, ioctx: Any, volume_id: str, size_bytes: int, source: tuple[str, str] | dict[str, Any] | None
+    ) -> None:
         rbd = self._rbd()
         if self._exists(ioctx, volume_id):
             self._adopt(ioctx, volume_id, size_bytes)
@@ -224,6 +229,8 @@ class RbdBackend(RbdWatchOps):
             rbd.RBD().create(
                 ioctx, tmp, size_bytes, old_format=False, features=self._features(), data_pool=self.cfg.data_pool
             )
+        elif isinstance(source, dict):
+            self.restore_member(ioctx, source, tmp)
         else:
             self._clone(ioctx, source, tmp)
         checkpoint("rbd.create.partial")  # fault tests: a crash with only the partial image made
@@ -463,6 +470,11 @@ class RbdBackend(RbdWatchOps):
             entry = self.index.get("snap." + snapshot_id)
             if entry is None:
                 return
+            if entry.get("group"):
+                raise FailedPrecondition(
+                    f"snapshot {snapshot_id} is a member of group snapshot {entry['group']}: it goes with the group",
+                    reason="snapshot_in_group",
+                )
             image_id = str(entry["image_id"])
             with suppress(NotFound):
                 self._delete_snap(ioctx, image_id, snapshot_id)
@@ -547,8 +559,10 @@ class RbdBackend(RbdWatchOps):
                     )
                 ]
                 for snap in image.list_snaps():
-                    snap_name = str(snap["name"])
-                    if not snap_name.startswith((CLONE_SNAP, QUARANTINE_SNAP)):
+                    snap_name: str | None = str(snap["name"])
+                    if snap.get("namespace") == GROUP_NAMESPACE:
+                        snap_name = self.member_id(volume_id, snap)
+                    if snap_name and not snap_name.startswith((CLONE_SNAP, QUARANTINE_SNAP)):
                         at = image.get_snap_timestamp(int(snap["id"])).replace(tzinfo=dt.UTC)
                         items.append(InventoryItem("snapshot", snap_name, int(snap["size"]), 0, created_at=at))
                 return items

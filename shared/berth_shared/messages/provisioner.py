@@ -17,6 +17,8 @@ ClusterState = Literal["active", "draining", "readonly"]
 BackendKind = Literal["file", "rbd", "cephfs", "cinder", "manila"]
 
 MAX_VOLUME_GIB = 64 * 1024
+# Volumes in one group snapshot: one consistent cut holds every member's writes meanwhile.
+MAX_GROUP_MEMBERS = 64
 
 # Counts and sizes are strict JSON integers: in lax mode pydantic reads `true` as 1 and
 # "2" as 2, so a client's type mix-up would silently create a volume of the wrong size.
@@ -88,6 +90,8 @@ class Snapshot(Reply):
     size_gib: int
     cluster_id: str
     status: SnapshotStatus
+    # A group snapshot's member: deleted only with its group.
+    group_snapshot_id: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -99,6 +103,36 @@ class SnapshotList(Reply):
 
 class SnapshotListQuery(ListQuery):
     volume_id: ResourceId | None = None
+
+
+class GroupSnapshotCreate(Message):
+    name: ResourceName
+    # The volumes to snapshot at one point in time: one tenant's, on one storage cluster.
+    volume_ids: list[ResourceId] = Field(min_length=1, max_length=MAX_GROUP_MEMBERS)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GroupSnapshotCreate:
+        if len(set(self.volume_ids)) != len(self.volume_ids):
+            raise ValueError("volume_ids must not repeat a volume")
+        return self
+
+
+class GroupSnapshot(Reply):
+    id: str
+    name: str
+    tenant: str
+    volume_ids: list[str]
+    cluster_id: str
+    status: SnapshotStatus
+    # One member snapshot per volume, in volume_ids' order, all taken at the same point in time.
+    snapshots: list[Snapshot]
+    created_at: datetime
+    updated_at: datetime
+
+
+class GroupSnapshotList(Reply):
+    items: list[GroupSnapshot]
+    next_token: str | None = None
 
 
 class ClusterRegister(Message):
@@ -228,6 +262,10 @@ COMMANDS: dict[str, tuple[type[Message], type[Reply]]] = {
     f"{PREFIX}.snapshot.get": (ById, Snapshot),
     f"{PREFIX}.snapshot.list": (SnapshotListQuery, SnapshotList),
     f"{PREFIX}.snapshot.delete": (ById, Empty),
+    f"{PREFIX}.group_snapshot.create": (GroupSnapshotCreate, GroupSnapshot),
+    f"{PREFIX}.group_snapshot.get": (ById, GroupSnapshot),
+    f"{PREFIX}.group_snapshot.list": (ListQuery, GroupSnapshotList),
+    f"{PREFIX}.group_snapshot.delete": (ById, Empty),
     f"{PREFIX}.cluster.register": (ClusterRegister, Cluster),
     f"{PREFIX}.cluster.update": (ClusterUpdate, Cluster),
     f"{PREFIX}.cluster.list": (NoArgs, ClusterList),
@@ -245,6 +283,8 @@ EVENTS: dict[tuple[str, str], type[Reply]] = {
     ("volume", "deleted"): Volume,
     ("snapshot", "created"): Snapshot,
     ("snapshot", "deleted"): Snapshot,
+    ("group_snapshot", "created"): GroupSnapshot,
+    ("group_snapshot", "deleted"): GroupSnapshot,
     ("cluster", "registered"): Cluster,
     ("cluster", "updated"): Cluster,
     ("quota", "updated"): Quota,
