@@ -55,6 +55,7 @@ class FileGroupSnapshots:
         raise NotImplementedError
 
     def manifest_path(self, group_snapshot_id: str) -> Path:
+        # Through snapshot_path: the same check of the id as every other file name.
         return self.root / "groups" / f"{self.snapshot_path(group_snapshot_id).stem}.json"
 
     async def create_group_snapshot(self, group_snapshot_id: str, members: Mapping[str, str]) -> None:
