@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from berth_procs import ServiceProcess
-from test_ceph_crash import _crash_on, _settled, _volumes
+from berth_procs import ServiceProcess, settled
+from test_ceph_crash import _crash_on, _volumes
 
 from berth_shared.backends.openstack_common import META_VOLUME
 from berth_testing import Tenants, eventually
@@ -75,7 +75,7 @@ async def test_kill_between_cinder_create_and_commit(
         (vid,) = vols
         r = await http.post("/v1/volumes", json=spec)
         assert r.status_code == 201 and r.json()["id"] == vid, r.text
-        await _settled(proc)
+        await settled(proc)
         assert list(_cinder_volumes(openstack, tenants.tenant_a).values()) == [vid]  # adopted, not duplicated
         assert _cinder_volumes(openstack, tenants.tenant_a) == left
 
