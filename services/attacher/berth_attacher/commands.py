@@ -22,6 +22,7 @@ from berth_shared.messages.attacher import (
     UnfenceRequest,
     Unpublish,
 )
+from berth_shared.messages.common import InventoryPage
 from berth_shared.messages.provisioner import NoArgs
 
 
@@ -38,6 +39,10 @@ def register_commands(server: CommandServer, svc: Attacher) -> None:
     @server.command(f"{PREFIX}.attachment.list", AttachmentQuery)
     async def attachment_list(req: AttachmentQuery, ctx: CommandContext) -> AttachmentList:
         return await svc.grants.list(ctx.principal, req)
+
+    @server.command(f"{PREFIX}.inventory.attachments", InventoryPage)
+    async def inventory_attachments(req: InventoryPage, ctx: CommandContext) -> AttachmentList:
+        return await svc.grants.inventory(ctx.principal, req)
 
     @server.command(f"{PREFIX}.node.heartbeat", Heartbeat)
     async def heartbeat(req: Heartbeat, ctx: CommandContext) -> HeartbeatReply:

@@ -24,6 +24,7 @@ from berth_shared.clock import now
 from berth_shared.errors import BerthError, FailedPrecondition, NotFound
 from berth_shared.ids import new_id
 from berth_shared.messages.attacher import Attachment, AttachmentList, AttachmentQuery, Publish, Unpublish
+from berth_shared.messages.common import InventoryPage
 
 
 def _volume_not_found(volume_id: str) -> NotFound:
@@ -145,3 +146,11 @@ class Grants:
         async with self.ctx.db.sessions() as s:
             rows = await repo.attachments.query(s, None if p.is_admin else p.tenant, q.volume_id, q.node_id)
         return AttachmentList(items=[repo.attachments.out(r) for r in rows])
+
+    async def inventory(self, p: Principal, q: InventoryPage) -> AttachmentList:
+        """Every tenant's grants by id, a page at a time (admin: the watcher's source)."""
+        p.require_admin()
+        async with self.ctx.db.sessions() as s:
+            rows = await repo.attachments.page(s, q.limit, q.starting_token)
+        items = [repo.attachments.out(r) for r in rows[: q.limit]]
+        return AttachmentList(items=items, next_token=items[-1].id if len(rows) > q.limit else None)

@@ -11,7 +11,14 @@ from berth_shared.backends import validate_backend_config
 from berth_shared.bus.envelope import SYSTEM_TENANT
 from berth_shared.errors import AlreadyExists, NotFound
 from berth_shared.ids import new_id
-from berth_shared.messages.provisioner import Cluster, ClusterList, ClusterRegister, ClusterUpdate
+from berth_shared.messages.provisioner import (
+    Cluster,
+    ClusterBackend,
+    ClusterBackendList,
+    ClusterList,
+    ClusterRegister,
+    ClusterUpdate,
+)
 
 
 class Clusters:
@@ -76,6 +83,16 @@ class Clusters:
             cap = await self.ctx.capacity_of(r)
             items.append(repo.clusters.out(r, cap.total_bytes, cap.free_bytes) if cap else repo.clusters.out(r))
         return ClusterList(items=items)
+
+    async def inventory(self, p: Principal) -> ClusterBackendList:
+        """Every cluster with its backend config: what the watcher scans each one with.
+        Without the backends' live figures (the watcher reads its own)."""
+        p.require_admin()
+        async with self.ctx.db.sessions() as s:
+            rows = await repo.clusters.all_rows(s)
+        return ClusterBackendList(
+            items=[ClusterBackend(**repo.clusters.out(r).model_dump(), config=dict(r.config)) for r in rows]
+        )
 
     async def bootstrap_file_cluster(self, root: str) -> None:
         """Embedded default: one volume type and one file cluster, registered once."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from berth_provisioner.service import Provisioner
 from berth_shared.bus.commands import CommandContext, CommandServer
-from berth_shared.messages.common import ById, ListQuery
+from berth_shared.messages.common import ById, InventoryPage, ListQuery
 from berth_shared.messages.provisioner import (
     PREFIX,
     Cluster,
+    ClusterBackendList,
     ClusterList,
     ClusterRegister,
     ClusterUpdate,
@@ -121,3 +122,16 @@ def register_commands(server: CommandServer, svc: Provisioner) -> None:
     @server.command(f"{PREFIX}.quota.get", QuotaGet)
     async def quota_get(req: QuotaGet, ctx: CommandContext) -> Quota:
         return await svc.quotas.get(ctx.principal, req.tenant)
+
+    # The watcher's sources: every tenant's records, paged by id (admin only).
+    @server.command(f"{PREFIX}.inventory.volumes", InventoryPage)
+    async def inventory_volumes(req: InventoryPage, ctx: CommandContext) -> VolumeList:
+        return await svc.volumes.inventory(ctx.principal, req)
+
+    @server.command(f"{PREFIX}.inventory.snapshots", InventoryPage)
+    async def inventory_snapshots(req: InventoryPage, ctx: CommandContext) -> SnapshotList:
+        return await svc.snapshots.inventory(ctx.principal, req)
+
+    @server.command(f"{PREFIX}.inventory.clusters", NoArgs)
+    async def inventory_clusters(req: NoArgs, ctx: CommandContext) -> ClusterBackendList:
+        return await svc.clusters.inventory(ctx.principal)

@@ -17,6 +17,7 @@ from berth_shared.auth import Principal
 from berth_shared.backends import BackendError
 from berth_shared.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from berth_shared.ids import new_id
+from berth_shared.messages.common import InventoryPage
 from berth_shared.messages.provisioner import Snapshot, SnapshotCreate, SnapshotList, SnapshotListQuery
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,14 @@ class Snapshots:
         tenant = q.tenant if (p.is_admin and q.tenant) else p.tenant
         async with self.ctx.db.sessions() as s:
             rows = await repo.snapshots.page(s, tenant, q.limit, q.starting_token, q.volume_id)
+        items = [repo.snapshots.out(r) for r in rows[: q.limit]]
+        return SnapshotList(items=items, next_token=items[-1].id if len(rows) > q.limit else None)
+
+    async def inventory(self, p: Principal, q: InventoryPage) -> SnapshotList:
+        """Every tenant's snapshots by id, a page at a time (admin: the watcher's source)."""
+        p.require_admin()
+        async with self.ctx.db.sessions() as s:
+            rows = await repo.snapshots.page(s, None, q.limit, q.starting_token, None)
         items = [repo.snapshots.out(r) for r in rows[: q.limit]]
         return SnapshotList(items=items, next_token=items[-1].id if len(rows) > q.limit else None)
 

@@ -31,7 +31,7 @@ from berth_shared.errors import (
 )
 from berth_shared.faults import checkpoint
 from berth_shared.ids import new_id
-from berth_shared.messages.common import ListQuery
+from berth_shared.messages.common import InventoryPage, ListQuery
 from berth_shared.messages.provisioner import Volume, VolumeCreate, VolumeList, VolumeLocation
 
 
@@ -192,6 +192,14 @@ class Volumes:
         tenant = q.tenant if (p.is_admin and q.tenant) else p.tenant
         async with self.ctx.db.sessions() as s:
             rows = await repo.volumes.page(s, tenant, q.limit, q.starting_token)
+        items = [repo.volumes.out(r) for r in rows[: q.limit]]
+        return VolumeList(items=items, next_token=items[-1].id if len(rows) > q.limit else None)
+
+    async def inventory(self, p: Principal, q: InventoryPage) -> VolumeList:
+        """Every tenant's volumes by id, a page at a time (admin: the watcher's source)."""
+        p.require_admin()
+        async with self.ctx.db.sessions() as s:
+            rows = await repo.volumes.page(s, None, q.limit, q.starting_token)
         items = [repo.volumes.out(r) for r in rows[: q.limit]]
         return VolumeList(items=items, next_token=items[-1].id if len(rows) > q.limit else None)
 

@@ -7,7 +7,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from berth_shared.messages.common import ById, ListQuery, Message, Reply, ResourceId, ResourceName, TenantName
+from berth_shared.messages.common import (
+    ById,
+    InventoryPage,
+    ListQuery,
+    Message,
+    Reply,
+    ResourceId,
+    ResourceName,
+    TenantName,
+)
 
 PREFIX = "berth.provisioner"
 
@@ -273,6 +282,9 @@ COMMANDS: dict[str, tuple[type[Message], type[Reply]]] = {
     f"{PREFIX}.type.list": (NoArgs, VolumeTypeList),
     f"{PREFIX}.quota.set": (QuotaSet, Quota),
     f"{PREFIX}.quota.get": (QuotaGet, Quota),
+    f"{PREFIX}.inventory.volumes": (InventoryPage, VolumeList),
+    f"{PREFIX}.inventory.snapshots": (InventoryPage, SnapshotList),
+    f"{PREFIX}.inventory.clusters": (NoArgs, ClusterBackendList),
 }
 
 # Events: (noun, verb) -> payload model carried in the CloudEvent's `data`.

@@ -63,6 +63,14 @@ async def query(
     return list((await session.execute(q)).all())
 
 
+async def page(session: AsyncSession, limit: int, after: str | None) -> list[Row[Any]]:
+    """Up to `limit` + 1 grants of every tenant by id after `after` (the extra one says "more")."""
+    q = select(t.attachments).order_by(a.id).limit(limit + 1)
+    if after:
+        q = q.where(a.id > after)
+    return list((await session.execute(q)).all())
+
+
 async def insert(session: AsyncSession, **values: Any) -> None:
     await session.execute(t.attachments.insert().values(**values))
 

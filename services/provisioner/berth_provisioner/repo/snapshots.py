@@ -33,9 +33,12 @@ async def by_name(session: AsyncSession, tenant: str, name: str) -> Row[Any] | N
 
 
 async def page(
-    session: AsyncSession, tenant: str, limit: int, after: str | None, volume_id: str | None
+    session: AsyncSession, tenant: str | None, limit: int, after: str | None, volume_id: str | None
 ) -> list[Row[Any]]:
-    q = select(t.snapshots).where(c.tenant == tenant).order_by(c.id).limit(limit + 1)
+    """Like volumes.page: `tenant` None lists every tenant's."""
+    q = select(t.snapshots).order_by(c.id).limit(limit + 1)
+    if tenant is not None:
+        q = q.where(c.tenant == tenant)
     if volume_id:
         q = q.where(c.volume_id == volume_id)
     if after:

@@ -36,9 +36,12 @@ async def by_name(session: AsyncSession, tenant: str, name: str) -> Row[Any] | N
     return (await session.execute(select(t.volumes).where(v.tenant == tenant, v.name == name))).first()
 
 
-async def page(session: AsyncSession, tenant: str, limit: int, after: str | None) -> list[Row[Any]]:
-    """Up to `limit` + 1 volumes of a tenant by id after `after` (the extra one says "more")."""
-    q = select(t.volumes).where(v.tenant == tenant).order_by(v.id).limit(limit + 1)
+async def page(session: AsyncSession, tenant: str | None, limit: int, after: str | None) -> list[Row[Any]]:
+    """Up to `limit` + 1 volumes of a tenant (None: of every tenant) by id after `after`
+    (the extra one says "more")."""
+    q = select(t.volumes).order_by(v.id).limit(limit + 1)
+    if tenant is not None:
+        q = q.where(v.tenant == tenant)
     if after:
         q = q.where(v.id > after)
     return list((await session.execute(q)).all())
