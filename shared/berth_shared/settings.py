@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # How long a bus command may run before the caller gets ABORTED; the operation goes on.
     command_timeout_s: float = Field(default=10.0, gt=0)
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
+    # How long a replica's claim on a persisted operation holds without renewal. It is renewed
+    # while a step runs, so this bounds how soon another replica takes over a crashed one's
+    # operation, never how long a step may take.
+    operation_lease_s: float = Field(default=20.0, gt=0)
     # Provisioner: the embedded default registers one file-backed cluster on first start.
     bootstrap_file_cluster: bool = True
     default_quota_volumes: int = Field(default=100, ge=0)

@@ -55,6 +55,19 @@ class Metrics:
             "berth_events_published", "Events relayed from the outbox", ["service"], registry=self.registry
         )
         self.operations = Counter(
-            "berth_operations", "Persisted operations finished", ["service", "kind", "outcome"], registry=self.registry
+            "berth_operations",
+            "Attempts of persisted operations, by outcome (done, failed, retried)",
+            ["service", "kind", "outcome"],
+            registry=self.registry,
+        )
+        # A claim starts an attempt (a retry, a resume after a restart, a takeover from a crashed replica).
+        self.operation_claims = Counter(
+            "berth_operation_claims", "Persisted operations claimed", ["service", "kind"], registry=self.registry
+        )
+        self.operation_leases_lost = Counter(
+            "berth_operation_leases_lost",
+            "Running operations stopped because another replica took them over",
+            ["service"],
+            registry=self.registry,
         )
         self.service = service

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from berth_provisioner.api import router
 from berth_provisioner.commands import register_commands
-from berth_provisioner.operations import OperationRunner
+from berth_provisioner.operations import operation_runner
 from berth_provisioner.service import Provisioner
 from berth_provisioner.tables import bus_tables
 from berth_shared.runtime import Runtime, build_app
@@ -24,7 +24,7 @@ def create_app(settings: Settings) -> FastAPI:
     def register(rt: Runtime) -> None:
         # Stable per host and data dir, so a restarted replica reclaims its own operations at once.
         owner = f"{socket.gethostname()}:{settings.data_dir.resolve()}:{settings.schema_name}"
-        runner = OperationRunner(rt.db, owner)
+        runner = operation_runner(rt.db, owner, settings.operation_lease_s, rt.metrics)
         svc = Provisioner(
             rt.db,
             rt.tables,
@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.bootstrap_file_cluster:
             await svc.clusters.bootstrap_file_cluster(str((settings.data_dir / "clusters" / "local").resolve()))
         await svc.runner.resume_all()
-        svc.runner.start_sweeper()
+        svc.runner.start()
 
     async def on_stop(rt: Runtime) -> None:
         await app.state.provisioner.runner.stop()

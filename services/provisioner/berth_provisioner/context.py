@@ -12,11 +12,11 @@ from sqlalchemy import Row
 
 from berth_provisioner import repo
 from berth_provisioner.capacity import CapacityCache
-from berth_provisioner.operations import OperationRunner
 from berth_shared.backends import Backend, BackendCache, Capacity
 from berth_shared.db import Database
 from berth_shared.db.outbox import EventWriter
 from berth_shared.errors import NotFound
+from berth_shared.operations import OperationRunner
 
 GIB = 1024**3
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from berth_provisioner import repo
 from berth_provisioner.context import Context
 from berth_provisioner.lifecycle import GROUP_SNAPSHOT, SOURCE_VOLUME_STATUSES, GroupSnapshotStatus
+from berth_provisioner.operations import new_operation
 from berth_shared.auth import Principal
 from berth_shared.backends import GroupSnapshots as GroupSnapshotBackend
 from berth_shared.backends import group_snapshots
@@ -137,7 +138,7 @@ class GroupSnapshots:
                     status=G.CREATING,
                     group_snapshot_id=gsid,
                 )
-            op = self.ctx.runner.values("group_snapshot.create", gsid, owner, {"group_snapshot_id": gsid})
+            op = new_operation(self.ctx.runner, "group_snapshot.create", gsid, owner, {"group_snapshot_id": gsid})
             await repo.operations.insert(s, op)
         return gsid, str(op["id"])
 
@@ -181,7 +182,7 @@ class GroupSnapshots:
                 if not await repo.group_snapshots.move(s, group_snapshot_id, row.status, "delete"):
                     raise Aborted(f"group snapshot {group_snapshot_id} changed concurrently; retry")
                 params = {"group_snapshot_id": group_snapshot_id}
-                op = self.ctx.runner.values("group_snapshot.delete", group_snapshot_id, row.tenant, params)
+                op = new_operation(self.ctx.runner, "group_snapshot.delete", group_snapshot_id, row.tenant, params)
                 await repo.operations.insert(s, op)
                 op_id = str(op["id"])
         await self._run(op_id, wait_s)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from berth_provisioner.clusters import Clusters
 from berth_provisioner.context import Context
 from berth_provisioner.group_snapshots import GroupSnapshots
-from berth_provisioner.operations import OperationRunner
 from berth_provisioner.quotas import Quotas
 from berth_provisioner.snapshots import Snapshots
 from berth_provisioner.volume_ops import VolumeOps
@@ -14,6 +13,7 @@ from berth_provisioner.volume_types import VolumeTypes
 from berth_provisioner.volumes import Volumes
 from berth_shared.db import BusTables, Database
 from berth_shared.db.outbox import EventWriter, OutboxRelay
+from berth_shared.operations import OperationRunner
 
 SERVICE = "provisioner"
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from berth_provisioner import repo
 from berth_provisioner.context import Context
 from berth_provisioner.lifecycle import SNAPSHOT, SOURCE_VOLUME_STATUSES, SnapshotStatus
+from berth_provisioner.operations import new_operation
 from berth_shared.auth import Principal
 from berth_shared.backends import BackendError
 from berth_shared.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
@@ -90,7 +91,7 @@ class Snapshots:
                 cluster_id=vol.cluster_id,
                 status=S.CREATING,
             )
-            op = self.ctx.runner.values("snapshot.create", snap_id, owner, {"snapshot_id": snap_id})
+            op = new_operation(self.ctx.runner, "snapshot.create", snap_id, owner, {"snapshot_id": snap_id})
             await repo.operations.insert(s, op)
         return snap_id, str(op["id"])
 
@@ -135,7 +136,9 @@ class Snapshots:
                     raise Aborted(f"snapshot {snapshot_id} is {snap.status}; retry once that finishes")
                 if not await repo.snapshots.move(s, snapshot_id, snap.status, "delete"):
                     raise Aborted(f"snapshot {snapshot_id} changed concurrently; retry")
-                op = self.ctx.runner.values("snapshot.delete", snapshot_id, snap.tenant, {"snapshot_id": snapshot_id})
+                op = new_operation(
+                    self.ctx.runner, "snapshot.delete", snapshot_id, snap.tenant, {"snapshot_id": snapshot_id}
+                )
                 await repo.operations.insert(s, op)
                 op_id = str(op["id"])
         await self._run(op_id, wait_s)

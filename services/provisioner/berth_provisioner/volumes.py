@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from berth_provisioner import repo
 from berth_provisioner.context import Context
 from berth_provisioner.lifecycle import SOURCE_SNAPSHOT_STATUSES, SOURCE_VOLUME_STATUSES, VOLUME, VolumeStatus
+from berth_provisioner.operations import new_operation
 from berth_provisioner.placement import NoValidCluster, PlacementRequest, rank
 from berth_provisioner.volume_types import require_known
 from berth_shared.auth import Principal
@@ -125,7 +126,7 @@ class Volumes:
                 source_snapshot_id=req.source_snapshot_id,
                 source_volume_id=req.source_volume_id,
             )
-            op = self.ctx.runner.values("volume.create", volume_id, p.tenant, {"volume_id": volume_id})
+            op = new_operation(self.ctx.runner, "volume.create", volume_id, p.tenant, {"volume_id": volume_id})
             await repo.operations.insert(s, op)
         return Started(volume_id, op)
 
@@ -236,7 +237,7 @@ class Volumes:
                 raise FailedPrecondition(
                     f"volume {volume_id} has snapshots; delete them first", reason="volume_has_snapshots"
                 )
-            op = self.ctx.runner.values("volume.delete", volume_id, vol.tenant, {"volume_id": volume_id})
+            op = new_operation(self.ctx.runner, "volume.delete", volume_id, vol.tenant, {"volume_id": volume_id})
             await repo.operations.insert(s, op)
             return str(op["id"])
 
@@ -273,6 +274,6 @@ class Volumes:
                 raise Aborted(f"volume {volume_id} changed concurrently; retry")
             await repo.accounting.reserve_growth(s, vol, size_gib - vol.size_gib, self.ctx.default_quota)
             params = {"volume_id": volume_id, "size_gib": size_gib, "from_gib": vol.size_gib}
-            op = self.ctx.runner.values("volume.expand", volume_id, vol.tenant, params)
+            op = new_operation(self.ctx.runner, "volume.expand", volume_id, vol.tenant, params)
             await repo.operations.insert(s, op)
             return str(op["id"])
