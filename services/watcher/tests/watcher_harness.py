@@ -50,6 +50,13 @@ class Events:
             if e["type"].endswith(type_suffix) and all(e["data"].get(k) == v for k, v in data.items())
         ]
 
+    async def wait(self, type_suffix: str, count: int = 1, **data: Any) -> list[dict[str, Any]]:
+        """At least `count` such events, once they arrived (the outbox sends them a moment after
+        their change commits)."""
+        return await eventually(
+            lambda: self.of(type_suffix, **data), lambda found: len(found) >= count, what=f"{type_suffix} {data}"
+        )
+
 
 @dataclass
 class WatcherStack:
