@@ -148,6 +148,26 @@ def read(throttle: Throttle, device: str) -> QosLimits:
     return QosLimits(**found)
 
 
+def forget_device(device: str) -> None:
+    """Remove every limit on the device's number, wherever Berth puts them (the v1 blkio
+    root; any v2 cgroup's io.max). The kernel keeps a rule on the number after the loop is
+    freed, so a new loop device would otherwise inherit the last volume's limits."""
+    dev = device_number(device)
+    if not dev:
+        return
+    for fstype, mount, opts in _cgroup_mounts():
+        if fstype == "cgroup" and "blkio" in opts.split(","):
+            for name in V1_FILES.values():
+                if any(line.split(" ")[0] == dev for line in _read(mount / name).splitlines()):
+                    with contextlib.suppress(OSError):
+                        (mount / name).write_text(f"{dev} 0\n")
+        elif fstype == "cgroup2":
+            for io_max in glob.glob(f"{mount}/**/io.max", recursive=True):
+                if any(line.split(" ")[0] == dev for line in _read(Path(io_max)).splitlines()):
+                    with contextlib.suppress(OSError):
+                        Path(io_max).write_text(f"{dev} rbps=max wbps=max riops=max wiops=max\n")
+
+
 def loop_backing_files() -> dict[str, list[str]]:
     """{backing file: [/dev/loopN, ...]} for every loop device of the host (one sysfs scan)."""
     found: dict[str, list[str]] = {}

@@ -77,6 +77,11 @@ def attach_loop(path: Path, *, direct_io: bool = False, readonly: bool = False) 
         # A fence marks the devices it cuts read-only (BLKROSET, see `cutoff`), and the
         # kernel keeps that mark on the device number when the loop is freed and reused.
         run("blockdev", "--setrw", device)
+    # The IO limits on the device's number are the last volume's: this one starts without
+    # (the watcher applies its own). Imported here: the backends package imports this one.
+    from berth_shared.backends import blkio
+
+    blkio.forget_device(device)
     return device
 
 

@@ -157,7 +157,11 @@ async def _apply(ctx: Context, changes: list[tuple[Volume, QosLimits]], clusters
 async def _check_drift(
     ctx: Context, live: dict[str, Volume], clusters: dict[str, Cluster], just_applied: set[str]
 ) -> None:
-    """Read back the held limits of the volumes checked longest ago; repair what drifted."""
+    """Read back the held limits of the volumes checked longest ago. Where the storage holds
+    something else than the last run left, apply the wanted limits again: a **drift** when
+    the same place holds other limits (changed behind the watcher's back), a plain apply when
+    the place changed (a file volume attached, moved or detached since: a new loop device
+    starts unlimited, which is no one's tampering)."""
     budget = ctx.settings.qos_drift_checks_per_run
     async with ctx.db.sessions() as s:
         q = select(t.qos_state).order_by(t.qos_state.c.checked_at.asc().nulls_first())
@@ -170,13 +174,15 @@ async def _check_drift(
         except BerthError as exc:
             ctx.result.act("qos_check", v.id, "failed", exc.detail)
             continue
-        expected = QosLimits.from_dict(row.applied)
-        wanted = QosLimits.from_dict(row.wanted)
-        if held.limits == expected:
+        if held == QosState(QosLimits.from_dict(row.applied), row.enforced, row.detail):
             async with ctx.db.transaction() as s:
                 await s.execute(
                     update(t.qos_state).where(t.qos_state.c.volume_id == v.id).values(checked_at=store.now())
                 )
+            continue
+        wanted = QosLimits.from_dict(row.wanted)
+        if not (row.enforced and held.detail == row.detail):
+            await _apply(ctx, [(v, wanted)], clusters)
             continue
         repaired = await backend.set_qos(v.id, wanted)
         await _record(ctx, v, wanted, repaired, store.now())
