@@ -75,10 +75,12 @@ class WatcherStack:
     def h(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.tenants.admin}"}
 
-    async def volume(self, name: str, size_gib: int = 1, token: str | None = None) -> dict[str, Any]:
+    async def volume(
+        self, name: str, size_gib: int = 1, token: str | None = None, volume_type: str = "standard"
+    ) -> dict[str, Any]:
         r = await self.prov.post(
             "/v1/volumes",
-            json={"name": name, "size_gib": size_gib, "volume_type": "standard"},
+            json={"name": name, "size_gib": size_gib, "volume_type": volume_type},
             headers=self.h(token or self.tenants.a),
         )
         assert r.status_code == 201, r.text
