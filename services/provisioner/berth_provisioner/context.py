@@ -21,6 +21,24 @@ from berth_shared.operations import OperationRunner
 GIB = 1024**3
 
 
+class Finished:
+    """Rows a finishing transaction has just written (RETURNING), for a caller waiting in
+    this process: it answers from the row instead of reading it back. Bounded: rows nobody
+    takes (the caller gave up waiting; an operation resumed after a restart) go oldest first."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._rows: dict[str, Row[Any]] = {}
+
+    def put(self, key: str, row: Row[Any]) -> None:
+        self._rows[key] = row
+        while len(self._rows) > self.limit:
+            self._rows.pop(next(iter(self._rows)))
+
+    def take(self, key: str) -> Row[Any] | None:
+        return self._rows.pop(key, None)
+
+
 @dataclass
 class Context:
     db: Database
@@ -30,6 +48,7 @@ class Context:
     default_quota: tuple[int, int]
     backends: BackendCache = field(default_factory=BackendCache)
     capacity: CapacityCache = field(default_factory=CapacityCache)
+    finished: Finished = field(default_factory=Finished)
 
     def backend_of(self, cluster: Row[Any]) -> Backend:
         """The backend for a cluster row (no DB access: safe inside a transaction)."""

@@ -30,7 +30,7 @@ class VolumeOps:
 
     async def _volume_in(self, op: dict[str, Any], status: str) -> Row[Any] | None:
         """The operation's volume if it is (still) in `status`, else None."""
-        async with self.ctx.db.sessions() as s:
+        async with self.ctx.db.reads() as s:
             vol = await repo.volumes.by_id(s, None, op["params"]["volume_id"])
         return vol if vol is not None and vol.status == status else None
 
@@ -58,12 +58,13 @@ class VolumeOps:
     async def create_finish(self, op: dict[str, Any]) -> bool:
         vid = op["params"]["volume_id"]
         async with self.ctx.db.transaction() as s:
-            if await repo.volumes.move(s, vid, V.CREATING, "created"):
-                vol = await repo.volumes.by_id(s, None, vid)
-                assert vol is not None
+            vol = await repo.volumes.move(s, vid, V.CREATING, "created")
+            if vol is not None:
                 await self._emit(s, vol, "created")
             # The operation closes in the same transaction: one commit less per create.
             await self.ctx.runner.mark_done(s, op["id"])
+        if vol is not None:
+            self.ctx.finished.put(vid, vol)
         self.ctx.events.notify()
         return True
 
@@ -117,9 +118,8 @@ class VolumeOps:
     async def expand_finish(self, op: dict[str, Any]) -> None:
         vid = op["params"]["volume_id"]
         async with self.ctx.db.transaction() as s:
-            if await repo.volumes.move(s, vid, V.EXPANDING, "expanded", size_gib=op["params"]["size_gib"]):
-                vol = await repo.volumes.by_id(s, None, vid)
-                assert vol is not None
+            vol = await repo.volumes.move(s, vid, V.EXPANDING, "expanded", size_gib=op["params"]["size_gib"])
+            if vol is not None:
                 await self._emit(s, vol, "expanded")
         self.ctx.events.notify()
 

@@ -19,12 +19,13 @@ from berth_provisioner import repo
 from berth_provisioner.context import Context
 from berth_provisioner.lifecycle import SOURCE_SNAPSHOT_STATUSES, SOURCE_VOLUME_STATUSES, VOLUME, VolumeStatus
 from berth_provisioner.operations import new_operation
-from berth_provisioner.placement import NoValidCluster, PlacementRequest, rank
+from berth_provisioner.placement import ClusterView, NoValidCluster, PlacementRequest, rank
 from berth_provisioner.volume_types import require_known
 from berth_shared.auth import Principal
 from berth_shared.errors import (
     Aborted,
     AlreadyExists,
+    BerthError,
     FailedPrecondition,
     NotFound,
     OutOfRange,
@@ -58,19 +59,20 @@ class Volumes:
         p.require_writer()
         try:
             started = await self._start_create(p, req)
-        except IntegrityError:
-            # A concurrent create with the same name won the race: answer as a replay.
-            async with self.ctx.db.sessions() as s:
+        except (IntegrityError, BerthError):
+            # The name is taken (its INSERT failed; or a check failed that a replay must not
+            # be held to: the volume exists whatever quota or placement say now): a replay.
+            async with self.ctx.db.reads() as s:
                 existing = await repo.volumes.by_name(s, p.tenant, req.name)
             if existing is None:
                 raise
             return await self._replay_create(existing, req, wait_s)
-        if not isinstance(started, Started):
-            return await self._replay_create(started, req, wait_s)
         checkpoint("volume.create.after_record")
         self.ctx.runner.launch(started.op["id"], fresh=started.op)
         await self.ctx.runner.wait(started.op["id"], wait_s)
-        return await self.get(p, started.volume_id)
+        # The finishing transaction's row (RETURNING), when it ran here: no read back.
+        row = self.ctx.finished.take(started.volume_id)
+        return repo.volumes.out(row) if row is not None else await self.get(p, started.volume_id)
 
     async def _replay_create(self, row: Row[Any], req: VolumeCreate, wait_s: float) -> Volume:
         same = (
@@ -84,7 +86,7 @@ class Volumes:
             raise AlreadyExists(f"volume {req.name!r} already exists with a different specification", volume_id=row.id)
         if row.status == VolumeStatus.CREATING:
             await self._follow(row.id, "volume.create", wait_s)
-        async with self.ctx.db.sessions() as s:
+        async with self.ctx.db.reads() as s:
             fresh = await repo.volumes.by_id(s, row.tenant, row.id)
         if fresh is None:
             raise NotFound(f"volume {req.name!r} failed to create and was rolled back; retry")
@@ -92,27 +94,27 @@ class Volumes:
 
     async def _follow(self, resource_id: str, kind: str, wait_s: float) -> None:
         """Run (or wait for) the resource's pending operation of this kind, if any."""
-        async with self.ctx.db.sessions() as s:
+        async with self.ctx.db.reads() as s:
             op_id = await repo.operations.pending(s, resource_id, kind)
         if op_id:
             self.ctx.runner.launch(op_id)
             await self.ctx.runner.wait(op_id, wait_s)
 
-    async def _start_create(self, p: Principal, req: VolumeCreate) -> Started | Row[Any]:
-        """Record the volume and its operation in one transaction; or, when the name is
-        taken, return the existing row so the caller answers as a replay."""
+    async def _start_create(self, p: Principal, req: VolumeCreate) -> Started:
+        """Record the volume and its operation in one transaction. A name already taken
+        fails the volume's INSERT (IntegrityError) before anything is reserved."""
         volume_id = new_id("vol")
-        async with self.ctx.db.sessions() as s:
+        # Read once, before the transaction, with the capacity probe: the conditional
+        # UPDATE in take_room, not this read, keeps a cluster from being overfilled.
+        async with self.ctx.db.reads() as s:
             clusters = await repo.clusters.all_rows(s)
         free = await self.ctx.free_fractions(clusters)
         async with self.ctx.db.transaction() as s:
-            existing = await repo.volumes.by_name(s, p.tenant, req.name)
-            if existing is not None:
-                return existing
-            await require_known(s, [req.volume_type])
-            pinned_cluster = await self._source_cluster(s, p, req)
-            await repo.accounting.reserve_quota(s, p.tenant, 1, req.size_gib, self.ctx.default_quota)
-            cluster = await self._place(s, p.tenant, req, pinned_cluster, free)
+            if not any(req.volume_type in r.volume_types for r in clusters):
+                # A type some cluster serves is known (clusters are registered with known types).
+                await require_known(s, [req.volume_type])
+            pinned = await self._source_cluster(s, p, req)
+            ranked = self._rank(p.tenant, req, [r for r in clusters if pinned in (None, r.id)], free)
             await repo.volumes.insert(
                 s,
                 id=volume_id,
@@ -120,14 +122,18 @@ class Volumes:
                 name=req.name,
                 size_gib=req.size_gib,
                 volume_type=req.volume_type,
-                zone=cluster.zone,
-                cluster_id=cluster.id,
+                zone=ranked[0].zone,
+                cluster_id=ranked[0].id,
                 status=VolumeStatus.CREATING,
                 source_snapshot_id=req.source_snapshot_id,
                 source_volume_id=req.source_volume_id,
             )
             op = new_operation(self.ctx.runner, "volume.create", volume_id, p.tenant, {"volume_id": volume_id})
             await repo.operations.insert(s, op)
+            # The rows every create of the tenant (and on the cluster) updates come last:
+            # their locks are held from here to the commit, no longer.
+            await repo.accounting.reserve_quota(s, p.tenant, 1, req.size_gib, self.ctx.default_quota)
+            await self._take_room(s, volume_id, req.size_gib, ranked)
         return Started(volume_id, op)
 
     async def _source_cluster(self, s: AsyncSession, p: Principal, req: VolumeCreate) -> str | None:
@@ -151,28 +157,33 @@ class Volumes:
             return str(src.cluster_id)
         return None
 
-    async def _place(
-        self, s: AsyncSession, tenant: str, req: VolumeCreate, pinned: str | None, free: dict[str, float | None]
-    ) -> Row[Any]:
-        rows = {r.id: r for r in await repo.clusters.all_rows(s, only=pinned)}
-        views = [repo.clusters.view(r, free.get(r.id)) for r in rows.values()]
+    def _rank(
+        self, tenant: str, req: VolumeCreate, clusters: list[Row[Any]], free: dict[str, float | None]
+    ) -> list[ClusterView]:
+        views = [repo.clusters.view(r, free.get(r.id)) for r in clusters]
         preq = PlacementRequest(tenant=tenant, size_gib=req.size_gib, volume_type=req.volume_type, zone=req.zone)
         try:
-            ranked = rank(views, preq)
+            return rank(views, preq)
         except NoValidCluster as exc:
             raise ResourceExhausted(
                 str(exc), reason="no_valid_cluster", rejections=[r.__dict__ for r in exc.rejections]
             ) from exc
+
+    async def _take_room(self, s: AsyncSession, volume_id: str, size_gib: int, ranked: list[ClusterView]) -> None:
+        """Room on the best cluster that still has it; the volume moves there if that is
+        not the one it was recorded on (the first ranked)."""
         for view in ranked:
             # Conditional: concurrent creates cannot push a cluster past its limit.
-            if await repo.accounting.take_room(s, view.id, req.size_gib, 1, active_only=True):
-                return rows[view.id]
+            if await repo.accounting.take_room(s, view.id, size_gib, 1, active_only=True):
+                if view.id != ranked[0].id:
+                    await repo.volumes.place(s, volume_id, view.id, view.zone)
+                return
         raise ResourceExhausted("storage clusters filled up while placing the volume; retry", reason="no_valid_cluster")
 
     # -- read --------------------------------------------------------------------
 
     async def get(self, p: Principal, volume_id: str) -> Volume:
-        async with self.ctx.db.sessions() as s:
+        async with self.ctx.db.reads() as s:
             row = await repo.volumes.by_id(s, p.scope, volume_id)
         if row is None:
             raise _not_found(volume_id)

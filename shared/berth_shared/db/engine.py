@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,10 +33,27 @@ class Database:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     schema: str | None
+    _reads: async_sessionmaker[AsyncSession] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # PostgreSQL: reads on an autocommit connection, one round trip per statement
+        # instead of three (a session's implicit BEGIN and its ROLLBACK at close). SQLite
+        # keeps its sessions: its one connection's BEGIN IMMEDIATE setup (below) must
+        # not be reset by an isolation-level change, and a local round trip costs nothing.
+        if self.is_sqlite:
+            self._reads = self.sessions
+        else:
+            autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._reads = async_sessionmaker(autocommit, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
+
+    def reads(self) -> AsyncSession:
+        """A session for reads only, each statement on its own (no transaction around them):
+        for a lookup that needs no snapshot across statements. Use as `async with`."""
+        return self._reads()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from berth_provisioner import tables as t
 from berth_provisioner.lifecycle import VOLUME
 from berth_shared.clock import now
-from berth_shared.db import affected
 from berth_shared.lifecycle import GONE
 from berth_shared.messages.provisioner import Volume
 
@@ -53,16 +52,21 @@ async def insert(session: AsyncSession, **values: Any) -> None:
 
 async def move(
     session: AsyncSession, volume_id: str, status: str, event: str, *, size_gib_was: int | None = None, **values: Any
-) -> bool:
+) -> Row[Any] | None:
     """Apply the lifecycle's `event` to a volume last seen in `status` (and, if given, of
-    `size_gib_was` GiB); False when it has moved on meanwhile. A transition to GONE deletes
-    the row."""
+    `size_gib_was` GiB): the row as it now is (as it was, for a transition to GONE, which
+    deletes it), or None when it has moved on meanwhile. RETURNING saves the read after."""
     target = VOLUME.target(status, event)
     where = [v.id == volume_id, v.status == status]
     if size_gib_was is not None:
         where.append(v.size_gib == size_gib_was)
     if target is GONE:
-        res = await session.execute(t.volumes.delete().where(*where))
+        stmt: Any = t.volumes.delete().where(*where)
     else:
-        res = await session.execute(update(t.volumes).where(*where).values(status=target, updated_at=now(), **values))
-    return affected(res) == 1
+        stmt = update(t.volumes).where(*where).values(status=target, updated_at=now(), **values)
+    return (await session.execute(stmt.returning(*t.volumes.c))).first()
+
+
+async def place(session: AsyncSession, volume_id: str, cluster_id: str, zone: str) -> None:
+    """Record the volume on another cluster (placement's first choice filled up meanwhile)."""
+    await session.execute(update(t.volumes).where(v.id == volume_id).values(cluster_id=cluster_id, zone=zone))
