@@ -25,7 +25,12 @@ from collections.abc import Iterator
 from berth_shared.node import mounts
 
 FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32), honoured by ext4, xfs and f2fs
-FS_GOING_FLAGS_NOLOGFLUSH = 0x2  # stop at once: nothing more reaches the device
+# Mark the file system shut down (every later write fails), commit the journal, then stop.
+# Without the log flush (NOLOGFLUSH), tests/test_partition.py saw an fsync that was under
+# way during the fence return success after it, for a write that was then not on the
+# volume: a lost acknowledged write (Linux 6.18, ext4). With it, every fsync that succeeds
+# is durable, and in-flight ones finish before the fence completes.
+FS_GOING_FLAGS_LOGFLUSH = 0x1
 
 
 def shutdown(path: str) -> None:
@@ -33,7 +38,7 @@ def shutdown(path: str) -> None:
     fails with EIO, through descriptors already open too."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_FLAGS_NOLOGFLUSH))
+        fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_FLAGS_LOGFLUSH))
     finally:
         os.close(fd)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from berth_shared.backends import ceph_bindings
+from berth_testing.host import apt_install
 
 PACKAGES = (
     "ceph-mon",
@@ -65,16 +66,9 @@ def ensure_packages(timeout: float = 600.0) -> None:
     missing = missing_packages()
     if not missing:
         return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise CephUnavailable(f"Ceph is not installed ({', '.join(missing)}) and apt-get as root is not available")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *PACKAGES]):
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise CephUnavailable(f"{' '.join(cmd)} timed out after {timeout}s") from exc
-        if proc.returncode != 0:
-            raise CephUnavailable(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    why = apt_install(list(PACKAGES), timeout)
+    if why:
+        raise CephUnavailable(f"Ceph is not installed ({', '.join(missing)}): {why}")
     still = missing_packages()
     if still:
         raise CephUnavailable(f"installed {' '.join(PACKAGES)} but still missing: {', '.join(still)}")
