@@ -37,9 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_provisioner import tables as pt
 from berth_provisioner.app import create_app
-from berth_shared.bus import Bus
-from berth_shared.bus.consumer import EventConsumer
-from berth_shared.bus.envelope import CloudEvent
+from berth_shared.bus import Bus, CloudEvent, EventConsumer
 from berth_shared.db import add_bus_tables, make_database
 from berth_shared.errors import BerthError
 from berth_shared.natsserver import NatsServer

@@ -12,9 +12,7 @@ import typer
 from berth_cli.client import AsJson, ProvisionerUrl, Token, api
 from berth_cli.output import Column, emit, fail, note, record, table
 from berth_cli.stackinfo import StackNotFound, find_stack
-from berth_shared.natsauth import IDENTITIES, AuthMaterial, identity_permissions
-from berth_shared.natsauth.contract import user_name
-from berth_shared.natsauth.nkeyjwt import write_secret
+from berth_shared.natsauth import IDENTITIES, AuthMaterial, identity_permissions, user_name, write_secret
 from berth_shared.settings import Settings
 
 nats = typer.Typer(help="NATS accounts, permissions and credentials.", no_args_is_help=True)

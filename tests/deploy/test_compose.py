@@ -17,8 +17,7 @@ import pytest
 import yaml
 from tools import wheel_binary
 
-from berth_shared.natsauth import IDENTITIES, AuthMaterial
-from berth_shared.natsauth.contract import creds_inbox_prefix
+from berth_shared.natsauth import IDENTITIES, AuthMaterial, creds_inbox_prefix
 from berth_shared.natsserver import NatsServer, nats_server_binary
 from berth_shared.settings import DEFAULT_PORTS, SERVICES
 

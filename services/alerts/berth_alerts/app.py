@@ -16,8 +16,7 @@ from berth_alerts.metrics import AlertMetrics
 from berth_alerts.service import AlertsService
 from berth_alerts.silences import Silences
 from berth_alerts.tables import bus_tables
-from berth_shared.bus.consumer import EventConsumer
-from berth_shared.bus.lease import Lease
+from berth_shared.bus import EventConsumer, Lease
 from berth_shared.runtime import Runtime, build_app
 from berth_shared.settings import Settings
 

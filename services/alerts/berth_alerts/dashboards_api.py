@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from berth_alerts.dashboards import DashboardSync, InstanceIn
-from berth_shared.bus.lease import Lease
+from berth_shared.bus import Lease
 from berth_shared.http import PROBLEM_RESPONSES, Caller
 
 log = logging.getLogger(__name__)

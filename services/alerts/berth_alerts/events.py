@@ -17,7 +17,7 @@ from typing import Any
 
 from berth_alerts.config import EventSeverity
 from berth_alerts.model import SEVERITIES, Alert
-from berth_shared.bus.envelope import CloudEvent
+from berth_shared.bus import CloudEvent
 
 _VERSION = re.compile(r"\.v\d+$")
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9_]")

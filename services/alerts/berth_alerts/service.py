@@ -27,7 +27,7 @@ from berth_alerts.queue import release_own
 from berth_alerts.render import check_templates
 from berth_alerts.store import IngestResult, Routing, expire_alerts, ingest
 from berth_shared.auth import Principal
-from berth_shared.bus.envelope import CloudEvent
+from berth_shared.bus import CloudEvent
 from berth_shared.db import Database
 from berth_shared.errors import InvalidArgument
 

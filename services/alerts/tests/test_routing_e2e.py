@@ -12,7 +12,7 @@ import nats
 from alerts_fakes import Messenger, serve
 from alerts_harness import FAST, alerts_app, alerts_settings, am_alert, am_webhook, webhook, write_config
 
-from berth_shared.bus.envelope import CloudEvent, event_subject
+from berth_shared.bus import CloudEvent, event_subject
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import Settings
 from berth_testing import Tenants, eventually

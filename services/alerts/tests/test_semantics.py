@@ -14,7 +14,7 @@ from berth_alerts.grouping import Member, Muter, SilenceView, collapse, dedup_ke
 from berth_alerts.model import Matcher
 from berth_alerts.render import Renderer
 from berth_alerts.routing import build_tree, place
-from berth_shared.bus.envelope import CloudEvent
+from berth_shared.bus import CloudEvent
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 

@@ -20,10 +20,8 @@ from pathlib import Path
 from berth_shared.bus import Bus
 from berth_shared.errors import InvalidArgument
 from berth_shared.messages.attacher import PREFIX, Attachment, HeartbeatReply, StagedVolume
-from berth_shared.node import ceph_stage
+from berth_shared.node import CephClientSpec, NodeHeartbeat, ceph_stage
 from berth_shared.node import file as file_node
-from berth_shared.node.ceph import CephClientSpec
-from berth_shared.node.heartbeat import NodeHeartbeat
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from berth_attacher.locator import Locator
 from berth_attacher.monitor import run_monitor
 from berth_attacher.service import Attacher
 from berth_attacher.tables import bus_tables
-from berth_shared.bus.lease import Lease
+from berth_shared.bus import Lease
 from berth_shared.runtime import Runtime, build_app, service_token
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from berth_attacher.service import Attacher
-from berth_shared.bus.commands import CommandContext, CommandServer
+from berth_shared.bus import CommandContext, CommandServer
 from berth_shared.messages.attacher import (
     PREFIX,
     Attachment,

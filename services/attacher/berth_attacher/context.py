@@ -8,8 +8,7 @@ from typing import Protocol
 from berth_attacher.liveness import Policy
 from berth_attacher.locator import Locator
 from berth_shared.auth import Principal
-from berth_shared.db import Database
-from berth_shared.db.outbox import EventWriter
+from berth_shared.db import Database, EventWriter
 from berth_shared.errors import PermissionDenied
 
 NODE_ROLE = "node"

@@ -26,7 +26,7 @@ from berth_attacher.lifecycle import (
 from berth_attacher.liveness import NodeView, assess, may_fence
 from berth_attacher.nodes import node_row
 from berth_shared.auth import Principal
-from berth_shared.bus.envelope import SYSTEM_TENANT
+from berth_shared.bus import SYSTEM_TENANT
 from berth_shared.clock import now
 from berth_shared.ids import new_id
 from berth_shared.messages.attacher import Fence, FenceList, Node, NodeDown

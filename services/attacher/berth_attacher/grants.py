@@ -19,7 +19,7 @@ from berth_attacher.lifecycle import (
 )
 from berth_attacher.locator import Located
 from berth_shared.auth import Principal
-from berth_shared.backends.publish import Attaches, publish_context, withdraw
+from berth_shared.backends import Attaches, publish_context, withdraw
 from berth_shared.clock import now
 from berth_shared.errors import BerthError, FailedPrecondition, NotFound
 from berth_shared.ids import new_id

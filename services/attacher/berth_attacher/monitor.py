@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from berth_attacher.service import Attacher
-from berth_shared.bus.lease import Lease
+from berth_shared.bus import Lease
 from berth_shared.clock import now
 
 log = logging.getLogger(__name__)

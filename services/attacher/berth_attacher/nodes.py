@@ -10,7 +10,7 @@ from berth_attacher import repo
 from berth_attacher.context import Context, require_node_or_admin
 from berth_attacher.lifecycle import NODE, AttachmentState, NodeState
 from berth_shared.auth import Principal
-from berth_shared.bus.envelope import SYSTEM_TENANT
+from berth_shared.bus import SYSTEM_TENANT
 from berth_shared.clock import now
 from berth_shared.errors import NotFound
 from berth_shared.messages.attacher import Heartbeat, HeartbeatReply, Node, NodeList, NodeStatus

@@ -10,8 +10,7 @@ from berth_attacher.liveness import Policy
 from berth_attacher.locator import Locator
 from berth_attacher.nodes import Nodes
 from berth_attacher.unfencing import Unfencing
-from berth_shared.db import BusTables, Database
-from berth_shared.db.outbox import EventWriter, OutboxRelay
+from berth_shared.db import BusTables, Database, EventWriter, OutboxRelay
 
 SERVICE = "attacher"
 

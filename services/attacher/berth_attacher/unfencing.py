@@ -12,7 +12,7 @@ from berth_attacher.fence_targets import per_cluster
 from berth_attacher.lifecycle import NodeState
 from berth_attacher.nodes import node_row
 from berth_shared.auth import Principal
-from berth_shared.bus.envelope import SYSTEM_TENANT
+from berth_shared.bus import SYSTEM_TENANT
 from berth_shared.clock import now
 from berth_shared.errors import FailedPrecondition
 from berth_shared.messages.attacher import Node, UnfenceRequest

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from berth_shared.bus.envelope import SYSTEM_TENANT
+from berth_shared.bus import SYSTEM_TENANT
 from berth_testing import Tenants
 
 PROBLEM = "application/problem+json"

@@ -33,8 +33,8 @@ from berth_shared.backends import build_backend
 from berth_shared.backends.cephfs import CephFsBackend
 from berth_shared.backends.rbd import RbdBackend
 from berth_shared.errors import FailedPrecondition
+from berth_shared.node import CephClientSpec
 from berth_shared.node import ceph as node
-from berth_shared.node.ceph import CephClientSpec
 from berth_shared.settings import Settings
 from berth_testing import Tenants, eventually
 from berth_testing.ceph import CephCluster

@@ -23,9 +23,7 @@ from berth_csi.state import NodeState, VolumeState
 from berth_shared.bus import Bus
 from berth_shared.errors import AlreadyExists, BerthError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from berth_shared.messages.attacher import StagedVolume
-from berth_shared.node import host, mounts, staging
-from berth_shared.node.heartbeat import NodeHeartbeat, read_boot_id
-from berth_shared.node.staging import Staged, StageRequest
+from berth_shared.node import NodeHeartbeat, Staged, StageRequest, host, mounts, read_boot_id, staging
 
 log = logging.getLogger(__name__)
 

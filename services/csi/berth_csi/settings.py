@@ -10,9 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from berth_shared.auth import first_admin_token, read_tokens
-from berth_shared.node.ceph import CephClientSpec
-from berth_shared.node.ceph_stage import KINDS, client_spec
-from berth_shared.node.heartbeat import BOOT_ID_FILE
+from berth_shared.node import BOOT_ID_FILE, CephClientSpec, ceph_stage
 from berth_shared.settings import Settings
 
 Mode = Literal["controller", "node", "both"]
@@ -67,10 +65,10 @@ class CsiSettings(Settings):
     def ceph_client(self, backend: str, ctx: dict[str, str]) -> CephClientSpec | None:
         """The cephx identity this node uses for a volume of `backend` with this publish
         context (None: not a Ceph volume)."""
-        kind = next((k for k in KINDS if k == backend), None)
+        kind = next((k for k in ceph_stage.KINDS if k == backend), None)
         if kind is None:
             return None
-        conv = client_spec(kind, ctx, self.node_id, None)
+        conv = ceph_stage.client_spec(kind, ctx, self.node_id, None)
         user = (self.rbd_user if kind == "rbd" else self.cephfs_user) or conv.user
         keyring = (self.rbd_keyring if kind == "rbd" else self.cephfs_keyring) or (
             f"/etc/ceph/ceph.client.{user}.keyring"

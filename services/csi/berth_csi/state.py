@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from berth_csi.mapping import valid_id
 from berth_shared.errors import NotFound
-from berth_shared.node.staging import Staged
+from berth_shared.node import Staged
 
 
 class VolumeState(BaseModel):

@@ -8,7 +8,7 @@ from berth_provisioner.context import Context
 from berth_provisioner.volume_types import require_known
 from berth_shared.auth import Principal
 from berth_shared.backends import validate_backend_config
-from berth_shared.bus.envelope import SYSTEM_TENANT
+from berth_shared.bus import SYSTEM_TENANT
 from berth_shared.errors import AlreadyExists, NotFound
 from berth_shared.ids import new_id
 from berth_shared.messages.provisioner import (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from berth_provisioner.service import Provisioner
-from berth_shared.bus.commands import CommandContext, CommandServer
+from berth_shared.bus import CommandContext, CommandServer
 from berth_shared.messages.common import ById, InventoryPage, ListQuery
 from berth_shared.messages.provisioner import (
     PREFIX,

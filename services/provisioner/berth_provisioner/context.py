@@ -13,8 +13,7 @@ from sqlalchemy import Row
 from berth_provisioner import repo
 from berth_provisioner.capacity import CapacityCache
 from berth_shared.backends import Backend, BackendCache, Capacity
-from berth_shared.db import Database
-from berth_shared.db.outbox import EventWriter
+from berth_shared.db import Database, EventWriter
 from berth_shared.errors import NotFound
 from berth_shared.operations import OperationRunner
 

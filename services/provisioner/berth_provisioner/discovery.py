@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from berth_provisioner.clusters import Clusters
 from berth_provisioner.volume_types import VolumeTypes
 from berth_shared.auth import Principal
-from berth_shared.backends.openstack_discovery import offered_types
+from berth_shared.backends import offered_types
 from berth_shared.errors import AlreadyExists
 from berth_shared.messages.common import ResourceName
 from berth_shared.messages.provisioner import ClusterList, ClusterRegister, VolumeTypeCreate

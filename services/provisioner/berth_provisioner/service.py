@@ -11,8 +11,7 @@ from berth_provisioner.snapshots import Snapshots
 from berth_provisioner.volume_ops import VolumeOps
 from berth_provisioner.volume_types import VolumeTypes
 from berth_provisioner.volumes import Volumes
-from berth_shared.db import BusTables, Database
-from berth_shared.db.outbox import EventWriter, OutboxRelay
+from berth_shared.db import BusTables, Database, EventWriter, OutboxRelay
 from berth_shared.operations import OperationRunner
 
 SERVICE = "provisioner"

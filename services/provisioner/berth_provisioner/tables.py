@@ -16,8 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from berth_shared.db import add_bus_tables
-from berth_shared.db.tables import UTCDateTime, timestamp
+from berth_shared.db import UTCDateTime, add_bus_tables, timestamp
 
 metadata = MetaData()
 bus_tables = add_bus_tables(metadata)

@@ -22,7 +22,7 @@ from provisioner_checks import VOLUMES, EventTap, create_volume, db_state, servi
 from provisioner_harness import Provisioner
 from sqlalchemy import update
 
-from berth_shared.bus.envelope import CloudEvent
+from berth_shared.bus import CloudEvent
 from berth_shared.errors import BerthError
 from berth_shared.messages.provisioner import EVENTS
 from berth_testing import eventually

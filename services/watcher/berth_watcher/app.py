@@ -15,10 +15,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth_shared.bus.consumer import EventConsumer
-from berth_shared.bus.envelope import CloudEvent
-from berth_shared.bus.lease import Lease
-from berth_shared.db.outbox import EventWriter
+from berth_shared.bus import CloudEvent, EventConsumer, Lease
+from berth_shared.db import EventWriter
 from berth_shared.runtime import Runtime, build_app, service_token
 from berth_watcher import store
 from berth_watcher.api import router

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from berth_shared.bus.commands import CommandContext, CommandServer
+from berth_shared.bus import CommandContext, CommandServer
 from berth_shared.messages.common import ById
 from berth_shared.messages.watcher import (
     PREFIX,

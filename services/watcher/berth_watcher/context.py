@@ -9,8 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_shared.bus import Bus
-from berth_shared.db import Database
-from berth_shared.db.outbox import EventWriter
+from berth_shared.db import Database, EventWriter
 from berth_shared.messages.watcher import SourceReport
 from berth_watcher.config import WatcherSettings
 from berth_watcher.leader import Leadership

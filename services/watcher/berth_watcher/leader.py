@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth_shared.bus.lease import Lease
+from berth_shared.bus import Lease
 from berth_shared.db import Database, affected
 from berth_watcher import tables as t
 

@@ -20,8 +20,7 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_shared.backends import Backend
-from berth_shared.db import Database, affected
-from berth_shared.db.outbox import EventWriter
+from berth_shared.db import Database, EventWriter, affected
 from berth_shared.errors import FailedPrecondition, NotFound
 from berth_shared.faults import checkpoint
 from berth_shared.messages.watcher import QuarantineEntry, QuarantineQuery

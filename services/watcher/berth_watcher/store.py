@@ -12,9 +12,8 @@ from typing import Any
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth_shared.bus.envelope import SYSTEM_TENANT
-from berth_shared.db import Database, affected
-from berth_shared.db.outbox import EventWriter
+from berth_shared.bus import SYSTEM_TENANT
+from berth_shared.db import Database, EventWriter, affected
 from berth_shared.errors import NotFound
 from berth_shared.messages.watcher import (
     Finding,

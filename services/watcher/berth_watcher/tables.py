@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
-from berth_shared.db import add_bus_tables
-from berth_shared.db.tables import UTCDateTime, timestamp
+from berth_shared.db import UTCDateTime, add_bus_tables, timestamp
 
 metadata = MetaData()
 bus_tables = add_bus_tables(metadata)

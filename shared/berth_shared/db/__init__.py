@@ -1,6 +1,23 @@
-"""Async DB helpers: engines, sessions, migrations, and the bus tables (outbox, inbox, parked)."""
+"""Async DB helpers: engines, sessions, migrations, and the bus tables (outbox, inbox, parked).
+
+The public surface of the DB layer: services import from `berth_shared.db`, never from its modules.
+"""
 
 from berth_shared.db.engine import Database, affected, insert_ignore, make_database
-from berth_shared.db.tables import BusTables, add_bus_tables
+from berth_shared.db.migrate import run_env
+from berth_shared.db.outbox import EventWriter, OutboxRelay
+from berth_shared.db.tables import BusTables, UTCDateTime, add_bus_tables, timestamp
 
-__all__ = ["BusTables", "Database", "add_bus_tables", "affected", "insert_ignore", "make_database"]
+__all__ = [
+    "BusTables",
+    "Database",
+    "EventWriter",
+    "OutboxRelay",
+    "UTCDateTime",
+    "add_bus_tables",
+    "affected",
+    "insert_ignore",
+    "make_database",
+    "run_env",
+    "timestamp",
+]

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from berth_shared.bus import Bus
+from berth_shared.bus.client import Bus
 from berth_shared.errors import BerthError
 from berth_shared.messages.attacher import PREFIX, HeartbeatReply, StagedVolume
 

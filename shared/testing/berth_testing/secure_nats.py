@@ -11,8 +11,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
-from berth_shared.natsauth import AuthMaterial
-from berth_shared.natsauth.contract import creds_inbox_prefix
+from berth_shared.natsauth import AuthMaterial, creds_inbox_prefix
 from berth_shared.natsserver import NatsServer
 from berth_testing.polling import eventually
 

@@ -21,8 +21,7 @@ import httpx
 from berth_attacher.agent import Held, NodeAgent
 from berth_shared.errors import Aborted, DeadlineExceeded, FailedPrecondition, Unavailable
 from berth_shared.messages.attacher import PREFIX
-from berth_shared.node import host, mounts
-from berth_shared.node.cutoff import cut_off_file
+from berth_shared.node import cut_off_file, host, mounts
 from berth_testing.polling import eventually
 
 

@@ -1,6 +1,6 @@
 from alembic import context
 
 from berth_provisioner.tables import metadata
-from berth_shared.db.migrate import run_env
+from berth_shared.db import run_env
 
 run_env(context, metadata)

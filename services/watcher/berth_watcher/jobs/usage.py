@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
-from berth_shared.bus.envelope import SYSTEM_TENANT
+from berth_shared.bus import SYSTEM_TENANT
 from berth_shared.messages.watcher import CapacityForecast
 from berth_watcher import store, usage
 from berth_watcher import tables as t
