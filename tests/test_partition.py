@@ -44,8 +44,7 @@ from berth_shared.bus import Bus
 from berth_shared.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from berth_shared.messages.attacher import PREFIX
 from berth_shared.natsserver import NatsServer
-from berth_shared.node import mounts
-from berth_shared.node.cutoff import cut_off_file
+from berth_shared.node import cut_off_file, mounts
 from berth_shared.settings import Settings
 from berth_testing import Tenants, eventually, loop_skip_reason, running
 from berth_testing.csinode import CsiNode
