@@ -35,13 +35,26 @@ def create_app(settings: AttacherSettings) -> FastAPI:
             tainter = KubeTainter(
                 settings.kube_api_url, token_file=settings.kube_token_file, ca_file=settings.kube_ca_file
             )
-        svc = Attacher(rt.db, rt.tables, rt.relay, locator, settings.policy(), owner, tainter=tainter)
+        svc = Attacher(
+            rt.db,
+            rt.tables,
+            rt.relay,
+            locator,
+            settings.policy(),
+            owner,
+            tainter=tainter,
+            operation_lease_s=settings.operation_lease_s,
+            metrics=rt.metrics,
+        )
         app.state.attacher = svc
         register_commands(rt.commands, svc)
 
     async def on_start(rt: Runtime) -> None:
         svc: Attacher = app.state.attacher
-        await svc.fencing.resume()
+        # Fences left pending by a crash: this replica's own at once, others' once their lease
+        # lapsed (the runner's sweeper on every replica); the lease is renewed while one runs.
+        await svc.runner.resume_all()
+        svc.runner.start()
         lease = Lease(rt.bus, f"attacher-monitor-{settings.schema_name}", owner, ttl_s=max(5.0, settings.dead_after_s))
         rt.background.append(asyncio.create_task(run_monitor(svc, lease, settings.monitor_interval_s)))
 

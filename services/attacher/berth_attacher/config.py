@@ -23,6 +23,8 @@ class AttacherSettings(Settings):
     fence_window_s: float = Field(default=600.0, gt=0)
     unfence_mode: Literal["auto_when_clean", "manual"] = "auto_when_clean"
     monitor_interval_s: float = Field(default=1.0, gt=0)
+    # A fence's lease (renewed while it runs): how soon a replica takes over a crashed one's fence.
+    operation_lease_s: float = Field(default=30.0, gt=0)
     # Kubernetes API for the out-of-service taint; unset: no taints.
     kube_api_url: str | None = None
     kube_token_file: str | None = None

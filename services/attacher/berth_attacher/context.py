@@ -10,6 +10,7 @@ from berth_attacher.locator import Locator
 from berth_shared.auth import Principal
 from berth_shared.db import Database, EventWriter
 from berth_shared.errors import PermissionDenied
+from berth_shared.operations import OperationRunner
 
 NODE_ROLE = "node"
 
@@ -27,8 +28,8 @@ class Context:
     events: EventWriter
     locator: Locator
     policy: Policy
-    # This replica, as the owner of the fences it runs.
-    owner: str
+    # Runs the fences (see fencing.py), as this replica.
+    runner: OperationRunner
     tainter: Tainter | None = None
 
 

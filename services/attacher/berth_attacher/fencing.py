@@ -5,7 +5,6 @@ storage and only then releases its grants, in the transaction that records the f
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from berth_attacher import repo
+from berth_attacher import tables as t
 from berth_attacher.context import Context
 from berth_attacher.fence_targets import fence_targets, per_cluster
 from berth_attacher.lifecycle import (
@@ -20,7 +20,6 @@ from berth_attacher.lifecycle import (
     MONITORED_NODE_STATES,
     NODE,
     AttachmentState,
-    FenceState,
     NodeState,
 )
 from berth_attacher.liveness import NodeView, assess, may_fence
@@ -28,19 +27,34 @@ from berth_attacher.nodes import node_row
 from berth_shared.auth import Principal
 from berth_shared.bus import SYSTEM_TENANT
 from berth_shared.clock import now
+from berth_shared.db import Database
+from berth_shared.faults import checkpoint
 from berth_shared.ids import new_id
 from berth_shared.messages.attacher import Fence, FenceList, Node, NodeDown
+from berth_shared.operations import OperationRunner, RetryPolicy
+from berth_shared.telemetry import Metrics
 
 log = logging.getLogger(__name__)
-FENCE_LEASE = timedelta(seconds=30)
+FENCE = "fence"  # the runner's one kind of operation here
+# A node's grants are never released without a completed fence: every error is retried, for ever.
+FENCE_RETRY = RetryPolicy(max_attempts=None, transient=(Exception,), max_delay_s=10.0)
 DEFERRED = "; fence deferred: "
 N = NodeState
+
+
+def fence_runner(db: Database, owner: str, lease_s: float, metrics: Metrics | None = None) -> OperationRunner:
+    return OperationRunner(
+        db, t.fences, owner, timedelta(seconds=lease_s), FENCE_RETRY, kind_of=lambda _fence: FENCE, metrics=metrics
+    )
 
 
 class Fencing:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._fencing: dict[str, asyncio.Task[None]] = {}
+        # The shared operation runner runs fences (ctx.runner): a step of it renews the
+        # fence's lease while the backend cuts, and a replica that crashed mid-fence has its
+        # fence taken over by another once the lease lapses. The fence is never given up.
+        ctx.runner.register(FENCE, self._cut, self._finish)
         # Since when this replica could hear heartbeats (set by the liveness loop at start
         # and after every NATS reconnection): no node's silence is counted from before it.
         self.heard_since: datetime | None = None
@@ -139,67 +153,49 @@ class Fencing:
                 return
             await repo.fences.insert(
                 s,
-                id=fence_id,
-                node_id=row.id,
-                epoch=epoch,
-                state=FenceState.PENDING,
-                reason=why,
-                results={},
-                targets=fence_targets(atts, node.staged or []),
-                owner=self.ctx.owner,
-                lease_until=now() + FENCE_LEASE,
+                **self.ctx.runner.values(
+                    fence_id,
+                    node_id=row.id,
+                    epoch=epoch,
+                    reason=why,
+                    results={},
+                    targets=fence_targets(atts, node.staged or []),
+                ),
             )
             data = {"node_id": row.id, "epoch": epoch, "reason": why}
             await self.ctx.events.emit(s, SYSTEM_TENANT, "node", "fencing", row.id, data)
         self.ctx.events.notify()
-        self.launch(fence_id)
+        self.ctx.runner.launch(fence_id)
 
-    def launch(self, fence_id: str) -> asyncio.Task[None]:
-        task = self._fencing.get(fence_id)
-        if task is None or task.done():
-            task = asyncio.create_task(self._run(fence_id), name=f"fence-{fence_id}")
-            self._fencing[fence_id] = task
-            task.add_done_callback(lambda _t: self._fencing.pop(fence_id, None))
-        return task
+    async def _cut(self, fence: dict[str, Any]) -> None:
+        """Cut the node off at the storage, cluster by cluster. Every backend's fence is
+        idempotent: after a crash here, the replica that takes over cuts again."""
+        checkpoint("fence.before_backend")
+        results: dict[str, list[str]] = {}
+        for cluster_id, kind, config, target in per_cluster(fence["targets"], fence["node_id"]):
+            backend = self.ctx.locator.backend(cluster_id, kind, config)
+            results[cluster_id] = await backend.fence(target)
+        checkpoint("fence.after_backend")
+        fence["results"] = results
 
-    async def _run(self, fence_id: str) -> None:
-        delay = 0.2
-        while True:
-            async with self.ctx.db.transaction() as s:
-                fence = await repo.fences.claim(s, fence_id, self.ctx.owner, FENCE_LEASE)
-            if fence is None:
-                return
-            try:
-                results: dict[str, list[str]] = {}
-                for cluster_id, kind, config, target in per_cluster(fence.targets, fence.node_id):
-                    backend = self.ctx.locator.backend(cluster_id, kind, config)
-                    results[cluster_id] = await backend.fence(target)
-                await self._finish(fence, results)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Never release without a completed fence: keep trying, loudly.
-                log.error("fence %s of node %s failed, retrying: %s", fence_id, fence.node_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    async def _finish(self, fence: Row[Any], results: dict[str, list[str]]) -> None:
-        node_id = fence.node_id
+    async def _finish(self, fence: dict[str, Any]) -> bool:
+        """Record the fence done and only then release the node's grants, in one transaction;
+        the fence's row closes in it (so the runner has nothing more to write)."""
+        node_id, epoch, results = fence["node_id"], fence["epoch"], fence["results"]
         async with self.ctx.db.transaction() as s:
-            if not await repo.fences.complete(s, fence.id, results):
-                return
+            if not await repo.fences.complete(s, fence["id"], results):
+                return True
             await repo.nodes.move(
-                s, node_id, N.FENCING, "fenced", fenced_at=now(), state_reason=f"fenced (epoch {fence.epoch})"
+                s, node_id, N.FENCING, "fenced", fenced_at=now(), state_reason=f"fenced (epoch {epoch})"
             )
             atts = await repo.attachments.on_node(s, node_id, AttachmentState.ATTACHED)
             await repo.attachments.release_node(s, node_id)
             for att in atts:
                 data = repo.attachments.out(att).model_dump(mode="json")
-                data |= {"state": AttachmentState.RELEASED.value, "fence_epoch": fence.epoch}
+                data |= {"state": AttachmentState.RELEASED.value, "fence_epoch": epoch}
                 await self.ctx.events.emit(s, att.tenant, "attachment", "released", att.id, data)
             released = [a.volume_id for a in atts]
-            data = {"node_id": node_id, "epoch": fence.epoch, "results": results, "released": released}
+            data = {"node_id": node_id, "epoch": epoch, "results": results, "released": released}
             await self.ctx.events.emit(s, SYSTEM_TENANT, "node", "fenced", node_id, data)
         self.ctx.events.notify()
         if self.ctx.tainter:
@@ -208,23 +204,10 @@ class Fencing:
                 await self.ctx.tainter.taint(node_id)
             except Exception as exc:
                 log.error("could not taint node %s: %s", node_id, exc)
-                return
+                return True
             async with self.ctx.db.transaction() as s:
                 await repo.nodes.change(s, node_id, tainted=True)
-                data = {"node_id": node_id, "epoch": fence.epoch}
+                data = {"node_id": node_id, "epoch": epoch}
                 await self.ctx.events.emit(s, SYSTEM_TENANT, "node", "tainted", node_id, data)
             self.ctx.events.notify()
-
-    async def resume(self) -> int:
-        """Launch every pending fence this replica may run (its own, or lease expired)."""
-        async with self.ctx.db.sessions() as s:
-            ids = await repo.fences.claimable(s, self.ctx.owner)
-        for fid in ids:
-            self.launch(fid)
-        return len(ids)
-
-    async def stop(self) -> None:
-        tasks = list(self._fencing.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        return True

@@ -27,7 +27,6 @@ async def run_monitor(attacher: Attacher, lease: Lease, interval_s: float) -> No
                     reconnects = count
                     attacher.fencing.heard_since = now()
                 if lease.bus.connected and await lease.tick():
-                    await attacher.fencing.resume()
                     await attacher.fencing.monitor_once()
             except asyncio.CancelledError:
                 raise

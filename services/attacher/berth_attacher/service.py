@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from berth_attacher.context import Context, Tainter
-from berth_attacher.fencing import Fencing
+from berth_attacher.fencing import Fencing, fence_runner
 from berth_attacher.grants import Grants
 from berth_attacher.liveness import Policy
 from berth_attacher.locator import Locator
 from berth_attacher.nodes import Nodes
 from berth_attacher.unfencing import Unfencing
 from berth_shared.db import BusTables, Database, EventWriter, OutboxRelay
+from berth_shared.telemetry import Metrics
 
 SERVICE = "attacher"
 
@@ -25,12 +26,16 @@ class Attacher:
         policy: Policy,
         owner: str,
         tainter: Tainter | None = None,
+        *,
+        operation_lease_s: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.tables = tables
         self.relay = relay
         self.locator = locator
-        ctx = Context(db, EventWriter(SERVICE, tables, relay), locator, policy, owner, tainter)
+        self.runner = fence_runner(db, owner, operation_lease_s, metrics)
+        ctx = Context(db, EventWriter(SERVICE, tables, relay), locator, policy, self.runner, tainter)
         self.ctx = ctx
         self.grants = Grants(ctx)
         self.nodes = Nodes(ctx)
@@ -38,4 +43,4 @@ class Attacher:
         self.unfencing = Unfencing(ctx)
 
     async def stop(self) -> None:
-        await self.fencing.stop()
+        await self.runner.stop()

@@ -75,8 +75,12 @@ fences = Table(
     Column("results", JSON, nullable=False, default=dict),
     # cluster id -> [backend, config, volume ids, client addresses]: enough to redo or undo it.
     Column("targets", JSON, nullable=False, default=dict),
+    # Run by the shared operation runner (berth_shared.operations): leased to one replica,
+    # claimed again on every attempt (counted), taken over when its owner's lease ran out.
     Column("owner", String(128), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
     timestamp("created_at"),
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("unfenced_at", UTCDateTime(), nullable=True),

@@ -41,7 +41,7 @@ Fail = Callable[[Op, str], Awaitable[None]]
 class Kind:
     do: Step
     finish: Finish
-    fail: Fail
+    fail: Fail | None  # None: nothing to undo (or, by its policy, it never gives up)
     retry: RetryPolicy
 
 
@@ -69,7 +69,9 @@ class OperationRunner:
         # Why recent operations gave up, for a caller waiting in this process (bounded).
         self._failures: dict[str, BerthError] = {}
 
-    def register(self, kind: str, do: Step, finish: Finish, fail: Fail, retry: RetryPolicy | None = None) -> None:
+    def register(
+        self, kind: str, do: Step, finish: Finish, fail: Fail | None = None, retry: RetryPolicy | None = None
+    ) -> None:
         """Declare a kind's steps; its retries follow `retry`, else the runner's own policy."""
         self._kinds[kind] = Kind(do, finish, fail, retry or self._retry)
 
@@ -133,7 +135,8 @@ class OperationRunner:
                 self._failures.pop(next(iter(self._failures)))
         else:
             log.error("operation %s (%s) failed", op["id"], self._kind_of(op), exc_info=exc)
-        await kind.fail(op, why)
+        if kind.fail is not None:
+            await kind.fail(op, why)
         await self.store.close(op["id"], FAILED, why, now())
         self._count("finished", self._kind_of(op), "failed")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, or_, select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_attacher import tables as t
@@ -33,25 +33,6 @@ async def started_since(session: AsyncSession, since: datetime) -> list[datetime
 
 async def insert(session: AsyncSession, **values: Any) -> None:
     await session.execute(t.fences.insert().values(**values))
-
-
-async def claim(session: AsyncSession, fence_id: str, owner: str, lease: timedelta) -> Row[Any] | None:
-    """Take (or keep) a pending fence for `owner` for `lease`, unless another owner's lease
-    still runs; the fence row, or None."""
-    res = await session.execute(
-        update(t.fences)
-        .where(f.id == fence_id, f.state == FenceState.PENDING, or_(f.owner == owner, f.lease_until < now()))
-        .values(owner=owner, lease_until=now() + lease)
-    )
-    if affected(res) != 1:
-        return None
-    return (await session.execute(select(t.fences).where(f.id == fence_id))).one()
-
-
-async def claimable(session: AsyncSession, owner: str) -> list[str]:
-    """Pending fences `owner` may run: its own, or another's whose lease ran out."""
-    q = select(f.id).where(f.state == FenceState.PENDING, or_(f.owner == owner, f.lease_until < now()))
-    return list((await session.execute(q)).scalars())
 
 
 async def complete(session: AsyncSession, fence_id: str, results: dict[str, list[str]]) -> bool:
