@@ -28,7 +28,7 @@ from berth_shared.auth import Principal
 from berth_shared.bus import SYSTEM_TENANT
 from berth_shared.clock import now
 from berth_shared.db import Database
-from berth_shared.faults import checkpoint
+from berth_shared.faults import checkpoint, pause
 from berth_shared.ids import new_id
 from berth_shared.messages.attacher import Fence, FenceList, Node, NodeDown
 from berth_shared.operations import OperationRunner, RetryPolicy
@@ -171,6 +171,7 @@ class Fencing:
         """Cut the node off at the storage, cluster by cluster. Every backend's fence is
         idempotent: after a crash here, the replica that takes over cuts again."""
         checkpoint("fence.before_backend")
+        await pause("fence.before_backend")
         results: dict[str, list[str]] = {}
         for cluster_id, kind, config, target in per_cluster(fence["targets"], fence["node_id"]):
             backend = self.ctx.locator.backend(cluster_id, kind, config)
