@@ -1,6 +1,7 @@
 """Keystone identity against a real Keystone (the `openstack` fixture): tokens of real users
 validated and cached, revocations honoured, roles mapped, the project as the tenant, Berth's
-own credentials from clouds.yaml, `X-Auth-Token` beside `Authorization: Bearer`, and the
+own credentials from clouds.yaml, `X-Auth-Token` beside `Authorization: Bearer`, the reader
+role read-only on the provisioner and the attacher, and the
 static development tokens refused once Keystone is configured."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from berth_attacher.app import create_app as attacher_app
+from berth_attacher.config import AttacherSettings
 from berth_provisioner.app import create_app
 from berth_shared.auth import CloudServiceCredentials, KeystoneTokenValidator, Principal
 from berth_shared.errors import Unauthenticated, Unavailable
@@ -123,3 +126,30 @@ async def test_http_with_keystone(
         vol = {"name": "r-0", "size_gib": 1, "volume_type": "standard"}
         r = await http.post("/v1/volumes", json=vol, headers={"X-Auth-Token": reader_token})
         assert r.status_code == 403 and "reader" in r.json()["detail"], r.text  # a reader reads only
+
+
+async def test_attacher_with_keystone_refuses_a_readers_publish_and_unpublish(
+    openstack: OpenStack, make_settings: Callable[..., Settings]
+) -> None:
+    """The reader role is read-only on the attacher too: it lists attachments, but publish
+    and unpublish (mutations) are 403, before anything is looked up (an unknown volume is
+    not a 404 for it, a repeated unpublish not a no-op), while a member's go through."""
+    member, reader = _name("m"), _name("r")
+    openstack.project_user(member, ("member",))
+    openstack.project_user(reader, ("reader",))
+    keystone = {"auth_backend": "keystone", "keystone_cloud": "berth", "clouds_file": openstack.clouds_file}
+    prov = make_settings("provisioner", bootstrap_file_cluster=False, **keystone)
+    settings = make_settings("attacher", AttacherSettings, **keystone)
+    token = await asyncio.to_thread(openstack.token, member)
+    reader_token = await asyncio.to_thread(openstack.token, reader)
+    missing = {"volume_id": "vol-0123456789abcdef", "node_id": "node-a"}
+    async with running(create_app(prov)), running(attacher_app(settings)) as http:
+        r = await http.get("/v1/attachments", headers={"X-Auth-Token": reader_token})
+        assert r.status_code == 200 and r.json()["items"] == [], r.text
+        for method, kw in (("POST", {"json": missing}), ("DELETE", {"params": missing})):
+            r = await http.request(method, "/v1/attachments", headers={"X-Auth-Token": reader_token}, **kw)
+            assert r.status_code == 403 and "reader" in r.json()["detail"], r.text
+        r = await http.post("/v1/attachments", json=missing, headers={"X-Auth-Token": token})
+        assert r.status_code == 404, r.text  # a member is told the volume does not exist
+        r = await http.delete("/v1/attachments", params=missing, headers={"X-Auth-Token": token})
+        assert r.status_code == 204, r.text  # and unpublishing what is not published is done

@@ -36,6 +36,7 @@ class Grants:
         self.ctx = ctx
 
     async def publish(self, p: Principal, req: Publish) -> Attachment:
+        p.require_writer()
         loc = await self.ctx.locator.locate(req.volume_id)
         if loc.tenant != p.tenant and not p.is_admin:
             raise _volume_not_found(req.volume_id)
@@ -119,6 +120,7 @@ class Grants:
         return out
 
     async def unpublish(self, p: Principal, req: Unpublish) -> None:
+        p.require_writer()  # before the idempotent early return: a reader is refused, always
         async with self.ctx.db.sessions() as s:
             row = await repo.attachments.of_volume_on(s, req.volume_id, req.node_id)
         if row is None:
