@@ -180,7 +180,8 @@ def describe(obs: Observation, action: FindingAction) -> tuple[str, str]:
         )
     # capacity_threshold
     days = d.get("days_until_threshold")
-    when = "is past" if d.get("fill_ratio", 0) >= d.get("threshold_ratio", 1) else f"reaches it in {days} days at"
+    # Critical means at or past it (decided on the exact figures; the ones shown are rounded).
+    when = "is past" if obs.severity == "critical" else f"reaches it in {days} days at"
     return (
         f"Cluster {obs.resource_id} {when} its fill threshold ({d.get('fill_pct')} % used, threshold "
         f"{d.get('threshold_pct')} %).",
