@@ -60,9 +60,13 @@ class Metrics:
             ["service", "kind", "outcome"],
             registry=self.registry,
         )
-        # A claim starts an attempt (a retry, a resume after a restart, a takeover from a crashed replica).
+        # A claim starts an attempt: the first, a retry, a resume after a restart, a takeover
+        # from a crashed replica.
         self.operation_claims = Counter(
-            "berth_operation_claims", "Persisted operations claimed", ["service", "kind"], registry=self.registry
+            "berth_operation_claims",
+            "Attempts of persisted operations started",
+            ["service", "kind"],
+            registry=self.registry,
         )
         self.operation_leases_lost = Counter(
             "berth_operation_leases_lost",

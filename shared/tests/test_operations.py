@@ -28,6 +28,7 @@ from berth_shared.operations import (
     after_failure,
     may_claim,
 )
+from berth_shared.telemetry import Metrics
 from berth_testing import eventually
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -96,6 +97,7 @@ ops = Table(
     Column("lease_until", UTCDateTime(), nullable=True),
 )
 LEASE = timedelta(seconds=0.6)
+FAST = RetryPolicy(max_attempts=5, transient=(BackendError, OSError), first_delay_s=0.01)  # FIVE, sooner
 
 
 @pytest.fixture
@@ -137,8 +139,8 @@ class Steps:
         self.failed.append((op["id"], why))
 
 
-def replica(db: Database, steps: Steps, retry: RetryPolicy = FIVE) -> OperationRunner:
-    runner = OperationRunner(db, ops, steps.name, LEASE, retry, kind_of=lambda _op: "k")
+def replica(db: Database, steps: Steps, retry: RetryPolicy = FAST, metrics: Metrics | None = None) -> OperationRunner:
+    runner = OperationRunner(db, ops, steps.name, LEASE, retry, kind_of=lambda _op: "k", metrics=metrics)
     runner.register("k", steps.do, steps.finish, steps.fail)
     return runner
 
@@ -217,11 +219,20 @@ async def test_a_replica_whose_lease_was_taken_stops_its_step(db: Database) -> N
 
 async def test_transient_failures_retry_then_succeed(db: Database) -> None:
     steps = Steps("a", fail_with=[BackendError("busy"), OSError("EIO")])
-    a = replica(db, steps)
+    metrics = Metrics("test")
+    a = replica(db, steps, metrics=metrics)
     await insert(db, a, "op-1")
     await a.launch("op-1")
     r = await row(db, "op-1")
     assert (r.state, r.attempts, steps.done, steps.failed) == ("done", 3, ["op-1"], [])
+
+    def sample(name: str, **labels: str) -> float | None:
+        value = metrics.registry.get_sample_value(name, {"service": "test", "kind": "k", **labels})
+        return None if value is None else float(value)
+
+    assert sample("berth_operation_claims_total") == 3
+    assert sample("berth_operations_total", outcome="retried") == 2
+    assert sample("berth_operations_total", outcome="done") == 1
 
 
 async def test_gives_up_when_the_policy_says_so(db: Database) -> None:

@@ -106,7 +106,11 @@ class OperationRunner:
         return op
 
     async def _run(self, op_id: str, fresh: Op | None) -> None:
-        op = dict(fresh, attempts=1) if fresh is not None else await self._claim(op_id)
+        if fresh is not None:
+            op: Op | None = dict(fresh, attempts=1)
+            self._count("claims", self._kind_of(fresh))  # claimed by its own insert
+        else:
+            op = await self._claim(op_id)
         while op is not None:
             kind_name = self._kind_of(op)
             kind = self._kinds[kind_name]
