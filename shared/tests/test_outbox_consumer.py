@@ -7,6 +7,7 @@ durable consumer names, and reads back only its own subjects.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -243,6 +244,21 @@ async def test_relay_loop_publishes_on_notify(env: Env) -> None:
         assert len(await env.stream_messages()) == 1
     finally:
         await relay.stop()
+
+
+async def test_relay_stops_when_a_notify_lands_as_it_is_cancelled(env: Env) -> None:
+    relay = OutboxRelay(env.db, env.tables, env.bus, env.metrics, poll_interval=30.0)
+    relay.start()
+    # Idle: its first pass over the outbox done, waiting for a notify.
+    await eventually(lambda: len(relay._wake._waiters) > 0, within=5.0, what="the relay waiting")
+    # A commit's notify() in the same loop step as the cancel: asyncio.wait_for on Python
+    # 3.11 returned the wake-up then and dropped the cancellation, so stop() never returned.
+    async with asyncio.timeout(5.0) as limit:
+        relay.notify()
+        await relay.stop()  # cancels in the same step as the notify (no task in between)
+    # (stop() swallows the CancelledError of a timeout: ask the timeout instead.)
+    assert not limit.expired(), "the relay ignored its cancellation"
+    assert relay._task is not None and relay._task.cancelled()
 
 
 # -- consumers -------------------------------------------------------------------------

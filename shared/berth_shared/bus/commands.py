@@ -100,6 +100,9 @@ class CommandServer:
                 subject=ep.subject,
                 handler=self._dispatcher(ep),
             )
+        # Once started, a request from any other connection reaches this one: the server
+        # has the subscriptions (without the flush, a request sent at once may find none).
+        await self.bus.nc.flush()
 
     async def stop(self) -> None:
         if self._service is not None:

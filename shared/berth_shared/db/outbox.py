@@ -69,8 +69,11 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # NATS down, DB blip: keep the rows, try again later
                 log.warning("outbox relay paused: %s", exc)
+            # Not asyncio.wait_for: on Python 3.11 it returns the result instead of raising
+            # when a notify() lands as stop() cancels, and the relay then never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def relay_once(self, batch: int = 200) -> int:
