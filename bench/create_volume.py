@@ -56,12 +56,12 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from berth_provisioner.app import create_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_provisioner.service import Provisioner
 from berth_shared.auth import Principal
 from berth_shared.bus import Bus
 from berth_shared.messages.provisioner import PREFIX, VolumeCreate
 from berth_shared.natsserver import NatsServer, free_port
-from berth_shared.settings import Settings
 
 TARGET_P99_MS = 50.0
 TARGET_RATE = 200.0
@@ -330,7 +330,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bus = None
         try:
             admin, member = write_tokens(tmp / "tokens.json")
-            settings = Settings(
+            settings = ProvisionerSettings(
                 service="provisioner",
                 data_dir=tmp / "berth",
                 nats_url=nats.url,

@@ -65,9 +65,9 @@ from berth_attacher.agent import NodeAgent
 from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_provisioner.app import create_app as provisioner_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.bus import Bus
 from berth_shared.natsserver import NatsServer
-from berth_shared.settings import Settings
 from berth_testing import loop_skip_reason
 from berth_testing.single_writer import (
     InvariantChecker,
@@ -171,7 +171,7 @@ async def run_series(args: argparse.Namespace) -> Series:
                 "log_level": "WARNING",
                 "outbox_poll_interval_s": 0.2,
             }
-            prov_settings = Settings(service="provisioner", db_schema=schemas[0], **common)
+            prov_settings = ProvisionerSettings(db_schema=schemas[0], **common)
             att_settings = AttacherSettings(
                 service="attacher",
                 db_schema=schemas[1],

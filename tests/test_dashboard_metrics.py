@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from alerts_harness import alerts_app, alerts_settings, simple_config, write_config
@@ -14,8 +13,8 @@ from berth_alerts.dashboards import load_templates
 from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_provisioner.app import create_app as provisioner_app
-from berth_shared.settings import Settings
-from berth_testing import Tenants, running
+from berth_provisioner.config import ProvisionerSettings
+from berth_testing import MakeSettings, Tenants, running
 from berth_watcher.app import create_app as watcher_app
 from berth_watcher.config import WatcherSettings
 
@@ -37,15 +36,15 @@ def used_metrics(doc: object) -> set[str]:
 
 
 async def test_dashboards_use_the_real_metric_names_of_the_services(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
 ) -> None:
     exposed: set[str] = set()
     settings = alerts_settings(make_settings, write_config(tmp_path, simple_config("http://127.0.0.1:9")))
     async with contextlib.AsyncExitStack() as stack:
         for app in (
-            provisioner_app(make_settings("provisioner")),
-            attacher_app(make_settings("attacher", AttacherSettings)),  # type: ignore[arg-type]
-            watcher_app(make_settings("watcher", WatcherSettings)),  # type: ignore[arg-type]
+            provisioner_app(make_settings(ProvisionerSettings)),
+            attacher_app(make_settings(AttacherSettings)),
+            watcher_app(make_settings(WatcherSettings)),
         ):
             http = await stack.enter_async_context(running(app, tenants.admin))
             exposed |= metric_names((await http.get("/metrics")).text)

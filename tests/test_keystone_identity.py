@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -17,11 +17,11 @@ import pytest
 from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_provisioner.app import create_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.auth import CloudServiceCredentials, KeystoneTokenValidator, Principal
 from berth_shared.errors import Unauthenticated, Unavailable
 from berth_shared.runtime import make_validator
-from berth_shared.settings import Settings
-from berth_testing import Tenants, running
+from berth_testing import MakeSettings, Tenants, running
 from berth_testing.openstack import OpenStack
 
 
@@ -93,16 +93,14 @@ async def test_bad_tokens_and_bad_service_credentials(openstack: OpenStack) -> N
         await broken.validate(await asyncio.to_thread(openstack.token, "berth"))
 
 
-async def test_http_with_keystone(
-    openstack: OpenStack, make_settings: Callable[..., Settings], tenants: Tenants
-) -> None:
+async def test_http_with_keystone(openstack: OpenStack, make_settings: MakeSettings, tenants: Tenants) -> None:
     """A provisioner configured for Keystone: X-Auth-Token and Bearer both work, a reader
     reads but does not create, and the static token file's tokens are refused."""
     member, reader = _name("m"), _name("r")
     project, _ = openstack.project_user(member, ("member",))
     openstack.project_user(reader, ("reader",))
     settings = make_settings(
-        "provisioner",
+        ProvisionerSettings,
         auth_backend="keystone",
         keystone_cloud="berth",
         clouds_file=openstack.clouds_file,
@@ -129,7 +127,7 @@ async def test_http_with_keystone(
 
 
 async def test_attacher_with_keystone_refuses_a_readers_publish_and_unpublish(
-    openstack: OpenStack, make_settings: Callable[..., Settings]
+    openstack: OpenStack, make_settings: MakeSettings
 ) -> None:
     """The reader role is read-only on the attacher too: it lists attachments, but publish
     and unpublish (mutations) are 403, before anything is looked up (an unknown volume is
@@ -138,15 +136,16 @@ async def test_attacher_with_keystone_refuses_a_readers_publish_and_unpublish(
     openstack.project_user(member, ("member",))
     openstack.project_user(reader, ("reader",))
     keystone = {"auth_backend": "keystone", "keystone_cloud": "berth", "clouds_file": openstack.clouds_file}
-    prov = make_settings("provisioner", bootstrap_file_cluster=False, **keystone)
-    settings = make_settings("attacher", AttacherSettings, **keystone)
+    prov = make_settings(ProvisionerSettings, bootstrap_file_cluster=False, **keystone)
+    settings = make_settings(AttacherSettings, **keystone)
     token = await asyncio.to_thread(openstack.token, member)
     reader_token = await asyncio.to_thread(openstack.token, reader)
     missing = {"volume_id": "vol-0123456789abcdef", "node_id": "node-a"}
     async with running(create_app(prov)), running(attacher_app(settings)) as http:
         r = await http.get("/v1/attachments", headers={"X-Auth-Token": reader_token})
         assert r.status_code == 200 and r.json()["items"] == [], r.text
-        for method, kw in (("POST", {"json": missing}), ("DELETE", {"params": missing})):
+        mutations: list[tuple[str, dict[str, Any]]] = [("POST", {"json": missing}), ("DELETE", {"params": missing})]
+        for method, kw in mutations:
             r = await http.request(method, "/v1/attachments", headers={"X-Auth-Token": reader_token}, **kw)
             assert r.status_code == 403 and "reader" in r.json()["detail"], r.text
         r = await http.post("/v1/attachments", json=missing, headers={"X-Auth-Token": token})

@@ -25,7 +25,7 @@ import functools
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,13 +40,13 @@ from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_csi.state import NodeState
 from berth_provisioner.app import create_app as provisioner_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.bus import Bus
 from berth_shared.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from berth_shared.messages.attacher import PREFIX
 from berth_shared.natsserver import NatsServer
 from berth_shared.node import cut_off_file, mounts
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually, loop_skip_reason, running
+from berth_testing import MakeSettings, Tenants, eventually, loop_skip_reason, running
 from berth_testing.csinode import CsiNode
 from berth_testing.netns import Lab, netns_skip_reason
 from berth_testing.seqwrite import Writer, judge, read_records
@@ -108,7 +108,7 @@ class Stack:
 
 
 @asynccontextmanager
-async def partition_stack(make_settings: Callable[..., Settings], tenants: Tenants, lab: Lab) -> AsyncIterator[Stack]:
+async def partition_stack(make_settings: MakeSettings, tenants: Tenants, lab: Lab) -> AsyncIterator[Stack]:
     # Short: the nodes' unix sockets (107 bytes at most) and mounts live here.
     workdir = Path(tempfile.mkdtemp(prefix="bpart-", dir="/tmp"))
     node_a, node_b = lab.add_node(), lab.add_node()
@@ -117,8 +117,8 @@ async def partition_stack(make_settings: Callable[..., Settings], tenants: Tenan
         nats = NatsServer(workdir / "nats", host=lab.gateway)
         nats.start()
         es.callback(nats.stop)
-        prov_settings = make_settings("provisioner", nats_url=nats.url)
-        att_settings = make_settings("attacher", AttacherSettings, nats_url=nats.url, **POLICY)
+        prov_settings = make_settings(ProvisionerSettings, nats_url=nats.url)
+        att_settings = make_settings(AttacherSettings, nats_url=nats.url, **POLICY)
         assert isinstance(att_settings, AttacherSettings)
         cluster_root = (prov_settings.data_dir / "clusters" / "local").resolve()
         es.callback(_clear_volumes, cluster_root)  # last: after the nodes have stopped
@@ -188,7 +188,7 @@ def _stage_error(node: CsiNode, volume_id: str, ctx: dict[str, str]) -> grpc.Rpc
 
 @pytest.mark.parametrize("cut", ["nats", "all"])
 async def test_partitioned_holder_is_fenced_before_the_volume_moves(
-    make_settings: Callable[..., Settings], tenants: Tenants, lab: Lab, cut: str, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, lab: Lab, cut: str, tmp_path: Path
 ) -> None:
     async with partition_stack(make_settings, tenants, lab) as st:
         r = await st.prov.post(

@@ -16,10 +16,10 @@ from berth_procs import ServiceProcess, stream_events
 from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_provisioner.app import create_app as provisioner_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.backends import build_backend
 from berth_shared.natsserver import NatsServer
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually, running
+from berth_testing import MakeSettings, Tenants, eventually, running
 
 CRASH = "watcher.quarantine.after_backend"
 ENV = {
@@ -41,14 +41,14 @@ async def leads(proc: ServiceProcess) -> bool:
 
 async def test_leader_killed_mid_quarantine_the_standby_finishes_it_once(
     service_process: Callable[..., ServiceProcess],
-    make_settings: Callable[..., Settings],
+    make_settings: MakeSettings,
     tenants: Tenants,
     nats_server: NatsServer,
     tmp_path: Path,
     db_url: str | None,
 ) -> None:
-    prov_settings = make_settings("provisioner")
-    att_settings = make_settings("attacher", AttacherSettings)
+    prov_settings = make_settings(ProvisionerSettings)
+    att_settings = make_settings(AttacherSettings)
     assert isinstance(att_settings, AttacherSettings)
     async with running(provisioner_app(prov_settings)), running(attacher_app(att_settings)):
         shared = {

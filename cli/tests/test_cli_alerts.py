@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,14 +15,11 @@ from berth_alerts.app import create_app
 from berth_alerts.config import AlertsSettings
 from berth_cli.main import app
 from berth_shared.natsserver import free_port
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 
 
-def test_silences_and_alerts_from_the_cli(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
-) -> None:
-    settings = make_settings("alerts", AlertsSettings, alerts_webhook_url="http://127.0.0.1:9/none")
+def test_silences_and_alerts_from_the_cli(tmp_path: Path, make_settings: MakeSettings, tenants: Tenants) -> None:
+    settings = make_settings(AlertsSettings, alerts_webhook_url="http://127.0.0.1:9/none")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)

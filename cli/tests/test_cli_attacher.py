@@ -17,16 +17,16 @@ from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_cli.main import app
 from berth_provisioner.app import create_app as provisioner_app
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_provisioner.config import ProvisionerSettings
+from berth_testing import MakeSettings, Tenants
 
 
 def test_attachments_nodes_fence_unfence(
-    make_settings: Callable[..., Settings], tenants: Tenants, serve_app: Callable[[FastAPI], str], tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, serve_app: Callable[[FastAPI], str], tmp_path: Path
 ) -> None:
-    prov = serve_app(provisioner_app(make_settings("provisioner")))
+    prov = serve_app(provisioner_app(make_settings(ProvisionerSettings)))
     # Liveness out of the way (a silent node is dead only after an hour): fencing is the operator's.
-    att_settings = make_settings("attacher", AttacherSettings, dead_after_s=3600.0, monitor_interval_s=0.2)
+    att_settings = make_settings(AttacherSettings, dead_after_s=3600.0, monitor_interval_s=0.2)
     att = serve_app(attacher_app(att_settings))
     env = {"BERTH_URL": prov, "BERTH_ATTACHER_URL": att, "BERTH_DATA_DIR": str(tmp_path / "none"), "COLUMNS": "80"}
 

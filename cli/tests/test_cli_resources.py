@@ -17,10 +17,10 @@ from typer.testing import CliRunner, Result
 
 from berth_cli.main import app
 from berth_provisioner.app import create_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.auth import ensure_token_file
 from berth_shared.natsserver import free_port
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 
 
 @dataclass
@@ -45,12 +45,12 @@ class Cli:
 
 @pytest.fixture
 def start_cli(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, serve_app: Callable[[FastAPI], str]
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, serve_app: Callable[[FastAPI], str]
 ) -> Iterator[Callable[..., Cli]]:
     """Serve the provisioner (settings overridable) and give a CLI driver pointed at it."""
 
     def start(**overrides: Any) -> Cli:
-        url = serve_app(create_app(make_settings("provisioner", **overrides)))
+        url = serve_app(create_app(make_settings(ProvisionerSettings, **overrides)))
         data_dir = tmp_path / "cli-data"
         data_dir.mkdir(exist_ok=True)
         return Cli(url, data_dir, tenants, CliRunner())

@@ -17,21 +17,21 @@ from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_cli.main import app
 from berth_provisioner.app import create_app as provisioner_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.backends import build_backend
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 from berth_watcher.app import create_app as watcher_app
 from berth_watcher.config import WatcherSettings
 
 
 def test_find_quarantine_restore(
-    make_settings: Callable[..., Settings], tenants: Tenants, serve_app: Callable[[FastAPI], str], tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, serve_app: Callable[[FastAPI], str], tmp_path: Path
 ) -> None:
-    prov_settings = make_settings("provisioner")
+    prov_settings = make_settings(ProvisionerSettings)
     prov = serve_app(provisioner_app(prov_settings))
-    att = serve_app(attacher_app(make_settings("attacher", AttacherSettings)))  # type: ignore[arg-type]
+    att = serve_app(attacher_app(make_settings(AttacherSettings)))
     intervals = {f"{job}_interval_s": 3600.0 for job in ("qos", "orphans", "reclaim", "usage")}
-    settings = make_settings("watcher", WatcherSettings, tick_s=0.1, grace_backend_orphan_s=0.0, **intervals)
+    settings = make_settings(WatcherSettings, tick_s=0.1, grace_backend_orphan_s=0.0, **intervals)
     assert isinstance(settings, WatcherSettings)
     watcher = serve_app(watcher_app(settings))
     env = {

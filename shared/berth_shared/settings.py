@@ -13,7 +13,8 @@ SERVICES = tuple(DEFAULT_PORTS)
 
 
 class Settings(BaseSettings):
-    """Settings common to all services.
+    """Settings common to all services; each service's own class extends it (one per
+    service, e.g. `ProvisionerSettings`) with what only that service reads.
 
     `BERTH_DATABASE_URL` unset means the embedded default: one SQLite file per service
     under the data directory. On PostgreSQL each service lives in its own schema
@@ -60,10 +61,6 @@ class Settings(BaseSettings):
     # while a step runs, so this bounds how soon another replica takes over a crashed one's
     # operation, never how long a step may take.
     operation_lease_s: float = Field(default=20.0, gt=0)
-    # Provisioner: the embedded default registers one file-backed cluster on first start.
-    bootstrap_file_cluster: bool = True
-    default_quota_volumes: int = Field(default=100, ge=0)
-    default_quota_gigabytes: int = Field(default=1000, ge=0)
 
     @property
     def port(self) -> int:
@@ -85,5 +82,6 @@ class Settings(BaseSettings):
 
 
 def load_settings(service: str, **overrides: object) -> Settings:
-    """Load settings for `service` from the environment, with explicit overrides on top."""
+    """The settings common to all services, for `service`, from the environment with
+    explicit overrides on top (a service itself loads its own class: `AttacherSettings()`)."""
     return Settings(service=service, **overrides)  # type: ignore[arg-type]

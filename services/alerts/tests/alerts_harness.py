@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,7 @@ from fastapi import FastAPI
 
 from berth_alerts.app import create_app
 from berth_alerts.config import AlertsSettings
-from berth_shared.settings import Settings
-from berth_testing import running
+from berth_testing import MakeSettings, running
 
 FAST = {"group_wait_s": 0.2, "group_interval_s": 0.5, "repeat_interval_s": 0}
 
@@ -47,10 +46,10 @@ def simple_config(url: str, **route: Any) -> dict[str, Any]:
     }
 
 
-def alerts_settings(make_settings: Callable[..., Settings], config: Path, **kw: Any) -> AlertsSettings:
+def alerts_settings(make_settings: MakeSettings, config: Path, **kw: Any) -> AlertsSettings:
     values: dict[str, Any] = {"alerts_config": config, "flush_interval_s": 0.05, "delivery_poll_s": 0.05}
     values.update(kw)
-    settings = make_settings("alerts", AlertsSettings, **values)
+    settings = make_settings(AlertsSettings, **values)
     assert isinstance(settings, AlertsSettings)
     return settings
 

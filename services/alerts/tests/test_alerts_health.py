@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from berth_alerts.app import create_app
-from berth_shared.settings import Settings
-from berth_testing import running
+from berth_alerts.config import AlertsSettings
+from berth_testing import MakeSettings, running
 
 
-async def test_alerts_starts_healthy_and_ready(make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings("alerts"))
+async def test_alerts_starts_healthy_and_ready(make_settings: MakeSettings) -> None:
+    app = create_app(make_settings(AlertsSettings))
     async with running(app) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")

@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from alerts_fakes import FakeGrafana, serve
 from alerts_harness import alerts_app, alerts_settings, simple_config, write_config
 
 from berth_alerts.dashboards import load_templates
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 
 
 async def test_sync_creates_skips_repairs_drift_and_explains_errors(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
 ) -> None:
     grafana = FakeGrafana()
     async with serve(grafana.app()) as url:

@@ -11,12 +11,16 @@ from pathlib import Path
 from alerts_fakes import Messenger, serve
 from alerts_harness import FAST, alerts_app, alerts_settings, am_alert, am_webhook, webhook, write_config
 
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
+
+
+def above(k: int) -> Callable[[int], bool]:
+    """A count's condition: more than `k` (taken now, not when the condition runs)."""
+    return lambda n: n > k
 
 
 async def test_failures_429_retry_after_and_413_lose_nothing(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
 ) -> None:
     messenger = Messenger(max_body=3000, fail_next=2, throttle_next=1, retry_after_s=1)
     async with serve(messenger.app()) as url:
@@ -56,7 +60,7 @@ async def test_failures_429_retry_after_and_413_lose_nothing(
 
 
 async def test_outage_backlog_collapses_to_the_latest_state(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
 ) -> None:
     messenger = Messenger(down=True)
     async with serve(messenger.app()) as url:
@@ -75,7 +79,7 @@ async def test_outage_backlog_collapses_to_the_latest_state(
                 am_webhook(am_alert("Db", "resolved", instance="a")),
             ):
                 await http.post("/v1/ingest/alertmanager", json=body)
-                await eventually(lambda: len(messenger.refused), lambda n, k=len(messenger.refused): n > k)
+                await eventually(lambda: len(messenger.refused), above(len(messenger.refused)))
                 await asyncio.sleep(0.5)  # the group_interval: each change is a notification of its own
             notes = (await http.get("/v1/notifications")).json()["items"]
             assert len(notes) >= 2

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 from alerts_fakes import Messenger, serve
 from alerts_harness import alerts_app, alerts_settings, am_alert, am_webhook, simple_config, write_config
 
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 
 
 async def test_alertmanager_webhook_reaches_the_messenger_once_despite_an_ha_pair(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
 ) -> None:
     messenger = Messenger()
     async with serve(messenger.app()) as url:
@@ -51,7 +49,7 @@ async def test_alertmanager_webhook_reaches_the_messenger_once_despite_an_ha_pai
 
 
 async def test_malformed_payloads_get_a_400_that_says_what_and_are_kept(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
 ) -> None:
     cfg = write_config(tmp_path, simple_config("http://127.0.0.1:9"))
     async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (_, http):
@@ -79,7 +77,7 @@ async def test_malformed_payloads_get_a_400_that_says_what_and_are_kept(
 
 
 async def test_an_ha_pair_of_prometheus_with_its_own_start_times_is_one_alert(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
 ) -> None:
     messenger = Messenger()
     async with serve(messenger.app()) as url:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ from alerts_harness import FAST, alerts_app, alerts_settings, am_alert, am_webho
 
 from berth_shared.bus import CloudEvent, event_subject
 from berth_shared.natsserver import NatsServer
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 
 
 def by_severity(url: str) -> dict[str, Any]:
@@ -47,7 +45,7 @@ async def publish(nats_url: str, tenant: str, noun: str, verb: str, data: dict[s
 
 
 async def test_bus_events_reach_the_messenger_by_severity(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants, nats_server: NatsServer
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants, nats_server: NatsServer
 ) -> None:
     messenger = Messenger()
     async with serve(messenger.app()) as url:
@@ -83,9 +81,7 @@ async def test_bus_events_reach_the_messenger_by_severity(
             await eventually(paths, lambda p: p["/critical"] == ["NodeFenced:firing", "NodeFenced:resolved"])
 
 
-async def test_silences_and_inhibition(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants
-) -> None:
+async def test_silences_and_inhibition(tmp_path: Path, make_settings: MakeSettings, tenants: Tenants) -> None:
     messenger = Messenger()
     async with serve(messenger.app()) as url:
         settings = alerts_settings(make_settings, write_config(tmp_path, by_severity(url)))
@@ -136,7 +132,7 @@ async def test_silences_and_inhibition(
 
 
 async def test_two_replicas_deliver_once_between_them(
-    tmp_path: Path, make_settings: Callable[..., Settings], tenants: Tenants, nats_server: NatsServer
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants, nats_server: NatsServer
 ) -> None:
     messenger = Messenger()
     async with serve(messenger.app()) as url:

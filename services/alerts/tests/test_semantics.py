@@ -235,16 +235,16 @@ def test_bus_events_map_by_type_from_the_table() -> None:
     )
     f = event_alert(finding, [], NOW)
     assert f.labels["severity"] == "critical" and f.labels["alertname"] == "OrphanFound" and f.oneshot
-    finding = {"id": "fnd-1", "kind": "orphan_volume", "severity": "critical", "cluster_id": "c1", "summary": "leaked"}
+    found = {"id": "fnd-1", "kind": "orphan_volume", "severity": "critical", "cluster_id": "c1", "summary": "leaked"}
     opened = CloudEvent(
-        source="berth/watcher", type="io.berth.finding.opened.v1", subject="fnd-1", berthtenant="_system", data=finding
+        source="berth/watcher", type="io.berth.finding.opened.v1", subject="fnd-1", berthtenant="_system", data=found
     )
     closed = CloudEvent(
         source="berth/watcher",
         type="io.berth.finding.resolved.v1",
         subject="fnd-1",
         berthtenant="_system",
-        data={**finding, "state": "resolved"},
+        data={**found, "state": "resolved"},
     )
     o, c = event_alert(opened, [], NOW), event_alert(closed, [], NOW)
     assert (o.labels["alertname"], o.labels["severity"], o.labels["cluster"], o.labels["kind"]) == (
@@ -280,7 +280,7 @@ def test_render_splits_below_the_limit_and_falls_back_to_plain() -> None:
         "alerts": alerts,
     }
     for kind, limit in (("slack", 4000), ("teams", 6000), ("webhook", 8000)):
-        r = Renderer(ReceiverConfig(name="s", type=kind, max_message_bytes=limit))  # type: ignore[arg-type]
+        r = Renderer(ReceiverConfig(name="s", type=kind, max_message_bytes=limit))
         msgs = r.messages(n)
         assert len(msgs) > 1 and all(len(m.body) <= limit for m in msgs)
         assert sum(m.alerts for m in msgs) == 60

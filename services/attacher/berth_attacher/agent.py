@@ -111,6 +111,7 @@ class NodeAgent:
         if kind == "file":
             path = Path(ctx["path"])
             staged = await file_node.stage(path, mount, readonly=readonly)
+            assert staged.device is not None  # a file volume is always on a loop device
             held = Held(volume_id, path, mount, staged.device)
         elif ceph_kind is not None:
             spec = ceph_stage.client_spec(ceph_kind, ctx, self.node_id, self.ceph.get(ceph_kind))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +14,9 @@ from berth_attacher.agent import NodeAgent
 from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_provisioner.app import create_app as provisioner_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.bus import Bus
-from berth_shared.settings import Settings
-from berth_testing import Tenants, running
+from berth_testing import MakeSettings, Tenants, running
 
 
 @dataclass
@@ -56,18 +56,15 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, **policy: Any
-) -> AsyncIterator[Stack]:
-    prov_settings = make_settings("provisioner")
+async def stack(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, **policy: Any) -> AsyncIterator[Stack]:
+    prov_settings = make_settings(ProvisionerSettings)
     att_settings = make_settings(
-        "attacher",
         AttacherSettings,
         **({"heartbeat_interval_s": 0.2, "dead_after_s": 1.5, "monitor_interval_s": 0.1} | policy),
     )
     async with AsyncExitStack() as es:
         prov = await es.enter_async_context(running(provisioner_app(prov_settings)))
-        att = await es.enter_async_context(running(attacher_app(att_settings)))  # type: ignore[arg-type]
+        att = await es.enter_async_context(running(attacher_app(att_settings)))
         bus = await Bus.connect(prov_settings.nats_url, "test-agents")
         st = Stack(prov, att, bus, tenants, tmp_path / "mounts", [])
         try:

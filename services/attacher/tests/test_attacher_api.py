@@ -8,7 +8,7 @@ liveness grace is long (60 s) so that only the calls under test move a node.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,11 @@ from attacher_harness import Stack, stack
 
 from berth_shared.errors import FailedPrecondition, NotFound, PermissionDenied
 from berth_shared.messages.attacher import PREFIX, Attachment, AttachmentList, HeartbeatReply, Node
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 
 
 @pytest.fixture
-async def st(make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path) -> AsyncIterator[Stack]:
+async def st(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> AsyncIterator[Stack]:
     async with stack(make_settings, tenants, tmp_path, dead_after_s=60.0) as s:
         yield s
 

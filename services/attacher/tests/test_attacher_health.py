@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from berth_attacher.app import create_app
 from berth_attacher.config import AttacherSettings
-from berth_shared.settings import Settings
-from berth_testing import running
+from berth_testing import MakeSettings, running
 
 
-async def test_attacher_starts_healthy_and_ready(make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings("attacher", AttacherSettings))
+async def test_attacher_starts_healthy_and_ready(make_settings: MakeSettings) -> None:
+    app = create_app(make_settings(AttacherSettings))
     async with running(app) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")

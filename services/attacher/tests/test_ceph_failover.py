@@ -35,8 +35,7 @@ from berth_shared.backends.rbd import RbdBackend
 from berth_shared.errors import FailedPrecondition
 from berth_shared.node import CephClientSpec
 from berth_shared.node import ceph as node
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 from berth_testing.ceph import CephCluster
 
 pytestmark = pytest.mark.root
@@ -185,7 +184,7 @@ async def _after(t: float | None, before: float | None) -> bool:
 
 
 async def test_rbd_fenced_node_cannot_write_and_the_volume_moves(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, ceph: CephCluster
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
     _skip_unless_can_attach("rbd")
     node_a, node_b = f"na-{uuid.uuid4().hex[:6]}", f"nb-{uuid.uuid4().hex[:6]}"
@@ -221,7 +220,7 @@ async def test_rbd_fenced_node_cannot_write_and_the_volume_moves(
 
 
 async def test_cephfs_evicted_node_cannot_write_and_the_volume_moves(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, ceph: CephCluster
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
     _skip_unless_can_attach("cephfs")
     node_a, node_b = f"na-{uuid.uuid4().hex[:6]}", f"nb-{uuid.uuid4().hex[:6]}"

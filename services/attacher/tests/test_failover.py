@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,12 @@ from attacher_harness import stack
 from berth_attacher.agent import NodeAgent
 from berth_shared.errors import FailedPrecondition
 from berth_shared.node import host
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually, needs_loop
+from berth_testing import MakeSettings, Tenants, eventually, needs_loop
 
 
 @needs_loop
 async def test_dead_node_is_fenced_then_volume_moves_with_its_data(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with stack(make_settings, tenants, tmp_path) as st:
         vol = await st.volume("pg-0")

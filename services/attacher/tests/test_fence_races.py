@@ -17,10 +17,10 @@ SQLite writers are serialised (BEGIN IMMEDIATE), so these interleavings cannot h
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from attacher_checks import fences, node_state, publish, register_node, uid
@@ -29,8 +29,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 
+S = TypeVar("S", bound=Settings)
 QUIET = {"dead_after_s": 600.0}  # no node dies on its own here: only the admin's down call
 
 
@@ -74,18 +75,19 @@ async def waiting_on_locks(conn: AsyncConnection) -> int:
         mine |= more
 
 
-def recording(make_settings: Callable[..., Settings], made: dict[str, Settings]) -> Callable[..., Settings]:
+def recording(make_settings: MakeSettings, made: dict[str, Settings]) -> MakeSettings:
     """make_settings that remembers each service's settings (to know the attacher's schema)."""
 
-    def make(service: str, *args: Any, **kw: Any) -> Settings:
-        made[service] = make_settings(service, *args, **kw)
-        return made[service]
+    def make(settings_cls: type[S], /, **kw: Any) -> S:
+        settings = make_settings(settings_cls, **kw)
+        made[settings.service] = settings
+        return settings
 
     return make
 
 
 async def test_publish_racing_a_fence_start_is_refused_or_fenced(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, pg_url: str
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, pg_url: str
 ) -> None:
     made: dict[str, Settings] = {}
     async with (
@@ -132,7 +134,7 @@ async def test_publish_racing_a_fence_start_is_refused_or_fenced(
 
 
 async def test_heartbeat_racing_a_fence_start_does_not_revive_the_node(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, pg_url: str
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, pg_url: str
 ) -> None:
     made: dict[str, Settings] = {}
     async with (

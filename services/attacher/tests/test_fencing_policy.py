@@ -7,7 +7,6 @@ node cuts nothing on the file backend, and its grants are released all the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from attacher_checks import (
@@ -27,8 +26,7 @@ from attacher_checks import (
 from attacher_harness import Stack, stack
 
 from berth_attacher.agent import NodeAgent
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 
 FAST = 8.0  # seconds: generous bound for what takes a few monitor passes (0.1 s each)
 
@@ -62,7 +60,7 @@ async def holder_of(st: Stack, volume_id: str) -> str:
 
 
 async def test_manual_mode_fences_only_when_an_admin_approves(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with (
         stack(make_settings, tenants, tmp_path, fence_mode="manual") as st,
@@ -104,7 +102,7 @@ async def test_manual_mode_fences_only_when_an_admin_approves(
 
 
 async def test_manual_mode_node_back_before_approval_is_not_fenced(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with (
         stack(make_settings, tenants, tmp_path, fence_mode="manual") as st,
@@ -123,9 +121,7 @@ async def test_manual_mode_node_back_before_approval_is_not_fenced(
 # -- flapping ---------------------------------------------------------------------------------
 
 
-async def test_flapping_node_is_never_fenced(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
-) -> None:
+async def test_flapping_node_is_never_fenced(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     # Suspect after half the grace (1.25 s), dead after 2.5 s: each silence below stops at suspect.
     async with (
         stack(make_settings, tenants, tmp_path, dead_after_s=2.5) as st,
@@ -153,7 +149,7 @@ async def test_flapping_node_is_never_fenced(
 
 
 async def test_cap_fences_one_node_and_defers_the_other_until_it_is_unfenced(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with (
         stack(make_settings, tenants, tmp_path, max_fenced_nodes=1) as st,
@@ -199,7 +195,7 @@ async def test_cap_fences_one_node_and_defers_the_other_until_it_is_unfenced(
 
 
 async def test_rate_limit_defers_and_an_admin_approval_overrides_it(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with (
         stack(make_settings, tenants, tmp_path, max_fences_per_window=1, fence_window_s=600.0) as st,
@@ -232,7 +228,7 @@ async def test_rate_limit_defers_and_an_admin_approval_overrides_it(
 
 
 async def test_admin_down_fences_a_live_node_at_once(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     # A minute of grace: only the admin's call can make this node dead within the test.
     async with (
@@ -267,7 +263,7 @@ async def test_admin_down_fences_a_live_node_at_once(
 
 
 async def test_out_of_service_signal_fences_at_once_and_holds_until_cleared(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with (
         stack(make_settings, tenants, tmp_path) as st,
@@ -302,7 +298,7 @@ async def test_out_of_service_signal_fences_at_once_and_holds_until_cleared(
 
 
 async def test_not_ready_is_required_when_the_policy_says_so(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with stack(make_settings, tenants, tmp_path, require_not_ready=True) as st:
         n = uid("n")
@@ -320,7 +316,7 @@ async def test_not_ready_is_required_when_the_policy_says_so(
 
 
 async def test_unfence_refused_while_the_node_reports_staged_volumes(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     node_token = add_token(tenants, "nodes", ["node"])
     async with (
@@ -359,7 +355,7 @@ async def test_unfence_refused_while_the_node_reports_staged_volumes(
 
 
 async def test_manual_unfence_mode_needs_an_admin(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     node_token = add_token(tenants, "nodes", ["node"])
     async with (

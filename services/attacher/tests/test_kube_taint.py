@@ -7,7 +7,7 @@ fence and never before: while a fence fails or hangs, Kubernetes is not touched.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from berth_attacher.kube import OUT_OF_SERVICE_KEY, KubeTainter
 from berth_shared.backends import FenceTarget
 from berth_shared.backends.file import FileBackend
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 
 OURS = {"key": OUT_OF_SERVICE_KEY, "value": "nodeshutdown", "effect": "NoExecute"}
 OTHER = {"key": "dedicated", "value": "db", "effect": "NoSchedule"}
@@ -137,7 +136,7 @@ class FenceGate:
 
 
 async def test_taint_only_after_a_completed_fence_and_removed_after_unfence(
-    make_settings: Callable[..., Settings],
+    make_settings: MakeSettings,
     tenants: Tenants,
     tmp_path: Path,
     kube: FakeKube,
@@ -199,7 +198,7 @@ async def test_taint_only_after_a_completed_fence_and_removed_after_unfence(
 
 
 async def test_no_taint_when_kubernetes_refuses_and_failover_goes_on(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, kube: FakeKube, token_file: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, kube: FakeKube, token_file: Path
 ) -> None:
     n = uid("not-in-kube")  # Kubernetes does not know this node: the taint fails with 404
     async with (

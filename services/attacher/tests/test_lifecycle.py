@@ -3,6 +3,7 @@ either moves to the listed state or is refused."""
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import get_args
 
 import pytest
@@ -48,7 +49,7 @@ ATTACHMENT_TABLE: dict[tuple[str, str], str | None] = {
 FENCE_TABLE: dict[tuple[str, str], str | None] = {("pending", "completed"): "done"}
 
 
-def every_pair(table: dict[tuple[str, str], str | None], states: type) -> list[tuple[str, str, str | None]]:
+def every_pair(table: dict[tuple[str, str], str | None], states: type[Enum]) -> list[tuple[str, str, str | None]]:
     events = sorted({e for _, e in table})
     return [(s.value, e, table.get((s.value, e), REFUSED)) for s in states for e in events]
 

@@ -7,7 +7,6 @@ at Ceph before its volume moves. The clusters come from the cloud's types (disco
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ from attacher_harness import Stack, stack
 from berth_shared.backends import build_backend
 from berth_shared.backends.cinder import CinderBackend
 from berth_shared.backends.manila import ManilaBackend
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 from berth_testing.openstack import OpenStack
 
 
@@ -49,7 +47,7 @@ async def _publish(st: Stack, vid: str, node: str, mode: str = "single_node_writ
 
 
 async def test_cinder_publish_unpublish_and_fence(
-    openstack: OpenStack, make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    openstack: OpenStack, make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with stack(make_settings, tenants, tmp_path, fence_mode="auto") as st:
         found = await _discover(st, openstack, "cinder", ["ceph-ssd"])
@@ -96,7 +94,7 @@ async def test_cinder_publish_unpublish_and_fence(
 
 
 async def test_manila_publish_waits_for_the_access_rule(
-    openstack: OpenStack, make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    openstack: OpenStack, make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with stack(make_settings, tenants, tmp_path) as st:
         await _discover(st, openstack, "manila", ["cephfs"])

@@ -7,7 +7,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,10 @@ from berth_csi.pb import csi, rpc
 from berth_csi.server import CsiServer
 from berth_csi.settings import CsiSettings
 from berth_provisioner.app import create_app as provisioner_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.bus import Bus
 from berth_shared.node import host, mounts
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually, running
+from berth_testing import MakeSettings, Tenants, eventually, running
 
 GIB = 1024**3
 AM = csi.VolumeCapability.AccessMode
@@ -128,12 +128,9 @@ class CsiStack:
         )
         return dict((await self.controller.ControllerPublishVolume(req)).publish_context)
 
-    async def add_node(
-        self, make: Callable[..., Settings], node_id: str, zone: str = "default", **overrides: Any
-    ) -> NodePlugin:
+    async def add_node(self, make: MakeSettings, node_id: str, zone: str = "default", **overrides: Any) -> NodePlugin:
         """A second node's adapter (node mode) on its own socket, heartbeating."""
         settings = make(
-            "csi",
             CsiSettings,
             mode="node",
             node_id=node_id,
@@ -156,11 +153,10 @@ class CsiStack:
 
 @asynccontextmanager
 async def csi_stack(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, **policy: Any
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, **policy: Any
 ) -> AsyncIterator[CsiStack]:
-    prov_settings = make_settings("provisioner")
+    prov_settings = make_settings(ProvisionerSettings)
     att_settings = make_settings(
-        "attacher",
         AttacherSettings,
         # Dead after 3 s of silence: fast failover, yet no false fence on a loaded machine.
         # The liveness pass every 0.5 s: stopping the attacher cancels it, and a cancel that
@@ -171,7 +167,6 @@ async def csi_stack(
     # Unix socket paths are limited to 107 bytes: keep the sockets (and mounts) under /tmp.
     workdir = Path(tempfile.mkdtemp(prefix="bcsi-", dir="/tmp"))
     csi_settings = make_settings(
-        "csi",
         CsiSettings,
         mode="both",
         node_id="node-a",
@@ -188,7 +183,7 @@ async def csi_stack(
         cluster_root = (prov_settings.data_dir / "clusters" / "local").resolve()
         es.push_async_callback(_clean, workdir, cluster_root)
         prov = await es.enter_async_context(running(provisioner_app(prov_settings)))
-        att = await es.enter_async_context(running(attacher_app(att_settings)))  # type: ignore[arg-type]
+        att = await es.enter_async_context(running(attacher_app(att_settings)))
         bus = await Bus.connect(prov_settings.nats_url, "csi-tests")
         es.push_async_callback(bus.close)
         assert isinstance(csi_settings, CsiSettings)
@@ -260,12 +255,11 @@ class Bare:
 
 
 @asynccontextmanager
-async def bare_adapter(make_settings: Callable[..., Settings], **overrides: Any) -> AsyncIterator[Bare]:
+async def bare_adapter(make_settings: MakeSettings, **overrides: Any) -> AsyncIterator[Bare]:
     """The adapter alone on its socket (bus connected, no services behind it): for the
     checks it makes before any command is sent."""
     workdir = Path(tempfile.mkdtemp(prefix="bcsi-", dir="/tmp"))
     settings = make_settings(
-        "csi",
         CsiSettings,
         **(
             {

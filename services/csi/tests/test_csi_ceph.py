@@ -33,17 +33,19 @@ from csi_harness import (
 )
 
 from berth_csi.pb import csi, rpc
+from berth_csi.settings import CsiSettings
 from berth_shared.backends import build_backend
 from berth_shared.backends.cephfs import CephFsBackend
 from berth_shared.node import ceph as node_ceph
 from berth_shared.node import mounts, staging
 from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 from berth_testing.ceph import CephCluster
 
 # gRPC's asyncio poller binds to one event loop: every CSI test shares the session's.
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.root]
 T = TypeVar("T")
+S = TypeVar("S", bound=Settings)
 
 
 def _skip_unless_can_attach(kind: str) -> None:
@@ -57,11 +59,11 @@ def _skip_unless_can_attach(kind: str) -> None:
         pytest.skip("needs ceph-fuse with /dev/fuse, or the kernel CephFS client")
 
 
-def _with_csi(make_settings: Callable[..., Settings], **extra: Any) -> Callable[..., Settings]:
+def _with_csi(make_settings: MakeSettings, **extra: Any) -> MakeSettings:
     """make_settings, with this node's cephx identity added to the adapter's settings."""
 
-    def make(service: str, *args: Any, **kw: Any) -> Settings:
-        return make_settings(service, *args, **(kw | extra if service == "csi" else kw))
+    def make(settings_cls: type[S], /, **kw: Any) -> S:
+        return make_settings(settings_cls, **(kw | extra if issubclass(settings_cls, CsiSettings) else kw))
 
     return make
 
@@ -126,11 +128,11 @@ def _check_staged(st: CsiStack, vid: str, backend: str) -> str:
     assert vs is not None and vs.backend == backend and vs.staged.ceph is not None, vs
     (beat,) = [s for s in st.node_service.staged() if s.volume_id == vid]
     assert beat.client_address and beat.client_address == vs.staged.client_address, (beat, vs)
-    return beat.client_address
+    return str(beat.client_address)
 
 
 async def test_rbd_volume_through_the_socket(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, ceph: CephCluster
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
     _skip_unless_can_attach("rbd")
     make = _with_csi(make_settings, ceph_conf=str(ceph.conf), rbd_user=ceph.user, rbd_keyring=str(ceph.keyring))
@@ -162,7 +164,7 @@ async def test_rbd_volume_through_the_socket(
 
 
 async def test_rbd_raw_block_through_the_socket(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, ceph: CephCluster
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
     _skip_unless_can_attach("rbd")
     make = _with_csi(make_settings, ceph_conf=str(ceph.conf), rbd_user=ceph.user, rbd_keyring=str(ceph.keyring))
@@ -191,9 +193,9 @@ async def test_rbd_raw_block_through_the_socket(
                 )
                 await st.node.NodePublishVolume(publish, timeout=CALL_S)
                 if do == "write":
-                    await _io(lambda t=target: write(t, b"raw block row", offset=1 << 20))
+                    await _io(functools.partial(write, target, b"raw block row", offset=1 << 20))
                 else:
-                    assert await _io(lambda t=target: read(t, offset=1 << 20, size=13)) == b"raw block row"
+                    assert await _io(functools.partial(read, target, offset=1 << 20, size=13)) == b"raw block row"
                 await teardown(st, vid, staging, target)
                 assert _leftovers(st) == {"mounts": [], "loops": [], "procs": []}
             await st.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid), timeout=CALL_S)
@@ -202,7 +204,7 @@ async def test_rbd_raw_block_through_the_socket(
 
 
 async def test_cephfs_volume_through_the_socket(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, ceph: CephCluster
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
     _skip_unless_can_attach("cephfs")
     backend = build_backend("cephfs", ceph.backend_config("cephfs"))
@@ -224,7 +226,7 @@ async def test_cephfs_volume_through_the_socket(
                 pctx = await st.publish(vid, cap=cap)
                 assert pctx["backend"] == "cephfs" and pctx["path"], pctx
                 staging, target = await stage_publish(st, vid, pctx, cap, "p1")
-                if st.node_service.state.get(vid).staged.ceph.fs.method == "fuse":  # type: ignore[union-attr]
+                if st.node_service.state.get(vid).staged.ceph.fs.method == "fuse":
                     _check_staged(st, vid, "cephfs")  # the kernel client does not tell its address
                 await _io(lambda: _write(Path(target, "shared.dat"), b"shared row\n"))
                 await teardown(st, vid, staging, target)
@@ -245,7 +247,7 @@ async def test_cephfs_volume_through_the_socket(
 
 
 async def test_rbd_group_snapshot_through_the_socket(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, ceph: CephCluster
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
     """Two RBD volumes written through their nodes' devices; the group snapshot is one cut
     (an RBD group snapshot: librbd holds the members' writes while it is taken), crash

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -14,8 +13,7 @@ from berth_csi.mapping import resource_name, size_gib
 from berth_csi.pb import csi, rpc
 from berth_csi.tokens import PageTokens
 from berth_shared.errors import Aborted
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 
 PluginCap = csi.PluginCapability
 CtrlRPC = csi.ControllerServiceCapability.RPC.Type
@@ -58,7 +56,7 @@ def test_page_tokens_are_sealed_to_their_listing_and_adapter() -> None:
         PageTokens().position("volumes", token)
 
 
-async def test_identity_and_node_info(make_settings: Callable[..., Settings]) -> None:
+async def test_identity_and_node_info(make_settings: MakeSettings) -> None:
     async with bare_adapter(make_settings, zone="zone-1") as bare:
         channel = grpc.aio.insecure_channel(f"unix://{bare.server.socket_path}")
         identity = rpc.IdentityStub(channel)
@@ -112,7 +110,7 @@ async def test_identity_and_node_info(make_settings: Callable[..., Settings]) ->
 
 
 async def test_list_volumes_pages_and_reports_published_nodes(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c = st.controller
@@ -140,7 +138,7 @@ async def test_list_volumes_pages_and_reports_published_nodes(
 
 
 async def test_list_snapshots_by_id_by_source_and_paged(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c = st.controller
@@ -164,9 +162,7 @@ async def test_list_snapshots_by_id_by_source_and_paged(
         assert ids == {s.snapshot_id for s in snaps}
 
 
-async def test_validate_volume_capabilities(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
-) -> None:
+async def test_validate_volume_capabilities(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         vid = (await st.create("pvc-v")).volume_id
         ok = await st.controller.ValidateVolumeCapabilities(
@@ -184,7 +180,7 @@ async def test_validate_volume_capabilities(
 
 
 async def test_unpublish_without_a_node_unpublishes_everywhere(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         await st.add_node(make_settings, "node-b")
@@ -200,9 +196,7 @@ async def test_unpublish_without_a_node_unpublishes_everywhere(
         assert list(got.status.published_node_ids) == []
 
 
-async def test_topology_preferred_then_requisite(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
-) -> None:
+async def test_topology_preferred_then_requisite(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         # No cluster serves zone-x: placement falls back to the next zone allowed.
         req = csi.TopologyRequirement(
@@ -217,7 +211,7 @@ async def test_topology_preferred_then_requisite(
 
 
 async def test_tenant_comes_from_the_storage_class_secret(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c = st.controller
@@ -235,7 +229,7 @@ async def test_tenant_comes_from_the_storage_class_secret(
         assert r.status_code == 404
 
 
-async def test_get_capacity_and_clone(make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path) -> None:
+async def test_get_capacity_and_clone(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         before = await st.controller.GetCapacity(
             csi.GetCapacityRequest(parameters={"type": "standard"}, accessible_topology=zone_topology())
@@ -257,7 +251,7 @@ async def test_get_capacity_and_clone(make_settings: Callable[..., Settings], te
 
 
 async def test_a_full_node_refuses_one_more_volume(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         plugin = await st.add_node(make_settings, "node-small", max_volumes_per_node=2)

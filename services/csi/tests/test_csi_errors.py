@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ from berth_csi.errors import STATUS_BY_CODE
 from berth_csi.pb import csi
 from berth_shared.errors import ERRORS_BY_CODE
 from berth_shared.messages.provisioner import MAX_VOLUME_GIB
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 
 Code = grpc.StatusCode
 
@@ -30,7 +28,7 @@ def test_every_berth_error_code_has_its_grpc_status() -> None:
 
 
 async def test_already_exists_when_a_name_is_reused_with_another_size(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         first = await st.create("pvc-dup", size_gib=1)
@@ -48,7 +46,7 @@ async def test_already_exists_when_a_name_is_reused_with_another_size(
 
 
 async def test_already_exists_when_published_to_the_node_incompatibly(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         vid = (await st.create("pvc-rw")).volume_id
@@ -58,7 +56,7 @@ async def test_already_exists_when_published_to_the_node_incompatibly(
 
 
 async def test_failed_precondition_names_the_node_holding_a_single_writer_volume(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         await st.add_node(make_settings, "node-b")
@@ -73,7 +71,7 @@ async def test_failed_precondition_names_the_node_holding_a_single_writer_volume
 
 
 async def test_failed_precondition_for_a_volume_with_snapshots(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         vid = (await st.create("pvc-snapped")).volume_id
@@ -82,9 +80,7 @@ async def test_failed_precondition_for_a_volume_with_snapshots(
         assert err.code() == Code.FAILED_PRECONDITION and "snapshot" in (err.details() or "")
 
 
-async def test_resource_exhausted_over_quota(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
-) -> None:
+async def test_resource_exhausted_over_quota(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         await st.bus.request(
             "berth.provisioner.quota.set",
@@ -99,7 +95,7 @@ async def test_resource_exhausted_over_quota(
 
 
 async def test_resource_exhausted_when_no_cluster_serves_the_zone(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         req = csi.TopologyRequirement(requisite=[zone_topology("zone-x")])
@@ -107,7 +103,7 @@ async def test_resource_exhausted_when_no_cluster_serves_the_zone(
         assert err.code() == Code.RESOURCE_EXHAUSTED
 
 
-async def test_not_found(make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path) -> None:
+async def test_not_found(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c, n = st.controller, st.node
         missing = "vol-0000000000000000000000000000000"
@@ -165,7 +161,7 @@ async def test_not_found(make_settings: Callable[..., Settings], tenants: Tenant
         assert err.code() == Code.NOT_FOUND and "node-unknown" in (err.details() or "")
 
 
-async def test_out_of_range(make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path) -> None:
+async def test_out_of_range(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c = st.controller
         # Whole GiB only: 1.5 GiB rounds up to 2, past the 1.5 GiB limit.
@@ -190,7 +186,7 @@ async def test_out_of_range(make_settings: Callable[..., Settings], tenants: Ten
 
 
 async def test_aborted_for_a_token_the_plugin_never_gave(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c = st.controller
@@ -220,7 +216,7 @@ async def test_aborted_for_a_token_the_plugin_never_gave(
 
 
 async def test_unauthenticated_without_a_valid_token(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         bad = await rpc_error(st.create("pvc-bad-token", secrets={"berthToken": "not-a-token"}))
@@ -299,9 +295,7 @@ MISSING = [
 
 
 @pytest.mark.parametrize(("method", "field"), MISSING, ids=[f"{m}-{f}" for m, f in MISSING])
-async def test_invalid_argument_names_the_missing_field(
-    make_settings: Callable[..., Settings], method: str, field: str
-) -> None:
+async def test_invalid_argument_names_the_missing_field(make_settings: MakeSettings, method: str, field: str) -> None:
     req = _full()[method]
     if "." in field:
         del req.publish_context[field.split(".")[1]]
@@ -325,7 +319,7 @@ async def test_invalid_argument_names_the_missing_field(
     ids=["no-access-type", "no-access-mode", "fs-type", "multi-writer"],
 )
 async def test_invalid_argument_for_a_capability_this_plugin_cannot_serve(
-    make_settings: Callable[..., Settings], cap: Any, why: str
+    make_settings: MakeSettings, cap: Any, why: str
 ) -> None:
     async with bare_adapter(make_settings) as bare:
         req = csi.CreateVolumeRequest(name="n", volume_capabilities=[mount_cap(), cap])
@@ -334,7 +328,7 @@ async def test_invalid_argument_for_a_capability_this_plugin_cannot_serve(
     assert "volume_capabilities[1]" in (err.details() or "") and why in (err.details() or "")
 
 
-async def test_invalid_argument_for_bad_parameters_and_ranges(make_settings: Callable[..., Settings]) -> None:
+async def test_invalid_argument_for_bad_parameters_and_ranges(make_settings: MakeSettings) -> None:
     async with bare_adapter(make_settings) as bare:
         c = bare.controller
         cases = [

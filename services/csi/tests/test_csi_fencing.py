@@ -3,7 +3,6 @@ adapter comes back it refuses to re-stage, drops its stale mounts and is unfence
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -25,8 +24,7 @@ from csi_harness import (
 from berth_csi.pb import csi, rpc
 from berth_csi.server import CsiServer
 from berth_shared.node import mounts
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually, needs_loop
+from berth_testing import MakeSettings, Tenants, eventually, needs_loop
 
 # gRPC's asyncio poller binds to one event loop: every CSI test shares the session's.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,7 +38,7 @@ async def node_state(st: CsiStack, node_id: str) -> str:
 
 @needs_loop
 async def test_fenced_node_refuses_to_restage_and_cleans_up(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         # The controller runs in the stack's adapter; node-1 and node-2 have their own.

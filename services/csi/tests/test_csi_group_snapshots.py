@@ -4,7 +4,6 @@ member restored to a new volume with the data of the cut, and the spec's error c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,7 @@ import pytest
 from csi_harness import csi_stack, leftovers, mount_cap, rpc_error, stage_publish, teardown
 
 from berth_csi.pb import csi, rpc
-from berth_shared.settings import Settings
-from berth_testing import Tenants, loop_skip_reason
+from berth_testing import MakeSettings, Tenants, loop_skip_reason
 
 Code = grpc.StatusCode
 GroupRPC = csi.GroupControllerServiceCapability.RPC.Type
@@ -28,7 +26,7 @@ def _from(snapshot_id: str) -> Any:
 
 
 async def test_group_snapshot_of_mounted_volumes_restores_one_point_in_time(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     if (why := loop_skip_reason()) is not None:
         pytest.skip(why)
@@ -96,7 +94,7 @@ async def test_group_snapshot_of_mounted_volumes_restores_one_point_in_time(
 
 
 async def test_group_snapshot_requests_are_checked(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         g = rpc.GroupControllerStub(st.channel)

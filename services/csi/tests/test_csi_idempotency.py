@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,14 @@ from csi_harness import GIB, csi_stack, kubelet_dir, leftovers, mount_cap, read,
 
 from berth_csi.pb import csi
 from berth_shared.node import host, mounts
-from berth_shared.settings import Settings
-from berth_testing import Tenants, needs_loop
+from berth_testing import MakeSettings, Tenants, needs_loop
 
 # gRPC's asyncio poller binds to one event loop: every CSI test shares the session's.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_controller_calls_repeated_give_the_same_result(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c = st.controller
@@ -59,7 +57,7 @@ async def test_controller_calls_repeated_give_the_same_result(
 
 @needs_loop
 async def test_node_calls_repeated_give_the_same_result(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         n = st.node

@@ -4,7 +4,6 @@ volume as Kubernetes drives it, and nothing left behind."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,7 @@ from csi_harness import (
 from berth_csi import ZONE_KEY
 from berth_csi.pb import csi
 from berth_shared.node import host, mounts
-from berth_shared.settings import Settings
-from berth_testing import Tenants, needs_loop
+from berth_testing import MakeSettings, Tenants, needs_loop
 
 Usage = csi.VolumeUsage
 
@@ -35,9 +33,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @needs_loop
-async def test_volume_life_through_the_socket(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
-) -> None:
+async def test_volume_life_through_the_socket(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c, n = st.controller, st.node
         # A name no Berth resource name allows: mapped to a stable derived name.
@@ -158,7 +154,7 @@ async def test_volume_life_through_the_socket(
 
 
 @needs_loop
-async def test_raw_block_volume(make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path) -> None:
+async def test_raw_block_volume(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c, n = st.controller, st.node
         cap = block_cap()
@@ -201,7 +197,7 @@ async def test_raw_block_volume(make_settings: Callable[..., Settings], tenants:
 
 @needs_loop
 async def test_online_expansion_of_a_mounted_xfs_volume(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         c, n = st.controller, st.node

@@ -9,16 +9,16 @@ from fastapi import FastAPI
 
 from berth_provisioner.api import router
 from berth_provisioner.commands import register_commands
+from berth_provisioner.config import ProvisionerSettings
 from berth_provisioner.operations import operation_runner
 from berth_provisioner.service import Provisioner
 from berth_provisioner.tables import bus_tables
 from berth_shared.runtime import Runtime, build_app
-from berth_shared.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: ProvisionerSettings) -> FastAPI:
     app: FastAPI
 
     def register(rt: Runtime) -> None:

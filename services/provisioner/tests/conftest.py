@@ -1,19 +1,19 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from provisioner_harness import Provisioner
 
 from berth_provisioner.app import create_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.bus import Bus
-from berth_shared.settings import Settings
-from berth_testing import Tenants, running
+from berth_testing import MakeSettings, Tenants, running
 
 
 @pytest.fixture
-async def prov(make_settings: Callable[..., Settings], tenants: Tenants) -> AsyncIterator[Provisioner]:
-    settings = make_settings("provisioner")
+async def prov(make_settings: MakeSettings, tenants: Tenants) -> AsyncIterator[Provisioner]:
+    settings = make_settings(ProvisionerSettings)
     app = create_app(settings)
     async with running(app) as http:
         bus = await Bus.connect(settings.nats_url, "test-client")

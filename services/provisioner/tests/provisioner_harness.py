@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.bus import Bus
-from berth_shared.settings import Settings
 from berth_testing import Tenants
 
 
@@ -13,7 +13,7 @@ from berth_testing import Tenants
 class Provisioner:
     http: httpx.AsyncClient  # no default token: pass headers per call
     bus: Bus
-    settings: Settings
+    settings: ProvisionerSettings
     tenants: Tenants
     app: object
 

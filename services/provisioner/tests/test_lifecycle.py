@@ -3,6 +3,7 @@ moves to the listed status or is refused."""
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import get_args
 
 import pytest
@@ -42,7 +43,7 @@ SNAPSHOT_TABLE: dict[tuple[str, str], str | None] = {
 }
 
 
-def every_pair(table: dict[tuple[str, str], str | None], states: type) -> list[tuple[str, str, str | None]]:
+def every_pair(table: dict[tuple[str, str], str | None], states: type[Enum]) -> list[tuple[str, str, str | None]]:
     events = sorted({e for _, e in table})
     return [(s.value, e, table.get((s.value, e), REFUSED)) for s in states for e in events]
 

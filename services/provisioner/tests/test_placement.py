@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ BASE = ClusterView(
 REQ = PlacementRequest(tenant="acme", size_gib=10, volume_type="standard", zone=None)
 
 
-def cluster(name: str, **changes: object) -> ClusterView:
+def cluster(name: str, **changes: Any) -> ClusterView:
     return replace(BASE, id=f"cl-{name}", name=name, **changes)
 
 
@@ -47,7 +48,7 @@ def test_a_plain_cluster_takes_a_plain_volume() -> None:
     ],
 )
 def test_each_filter_rejects_with_its_reason(
-    changes: dict[str, object], request_changes: dict[str, object], why: str
+    changes: dict[str, Any], request_changes: dict[str, Any], why: str
 ) -> None:
     c = replace(BASE, **changes)
     req = replace(REQ, **request_changes)
@@ -68,7 +69,7 @@ def test_each_filter_rejects_with_its_reason(
         {"backend_free_fraction": None},  # unknown free space does not block
     ],
 )
-def test_boundaries_that_still_fit(changes: dict[str, object]) -> None:
+def test_boundaries_that_still_fit(changes: dict[str, Any]) -> None:
     c = replace(BASE, **changes)
     assert reject_reason(c, replace(REQ, zone="z1")) is None
 

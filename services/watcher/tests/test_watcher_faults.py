@@ -7,14 +7,12 @@ over the bus as well as HTTP."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from watcher_harness import WatcherStack, watcher_stack
 
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 
 POLICY = {"action_backend_orphan": "quarantine"}
 
@@ -31,7 +29,7 @@ async def assert_nothing_acted(st: WatcherStack, run: dict[str, Any], leaked: st
 
 
 async def test_kubernetes_unreachable_then_erroring_mid_list(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path, **POLICY) as st:
         k = st.kube
@@ -68,9 +66,7 @@ async def test_kubernetes_unreachable_then_erroring_mid_list(
         assert [f["resource_id"] for f in await st.findings(kind="pv_volume_missing")] == []
 
 
-async def test_a_backend_failing_mid_scan(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
-) -> None:
+async def test_a_backend_failing_mid_scan(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path, **POLICY) as st:
         first = await st.leak()
         await st.run("orphans")

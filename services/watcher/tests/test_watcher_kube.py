@@ -71,7 +71,7 @@ async def test_changes_during_a_paged_list_do_not_tear_it(kube: FakeKube, cluste
         seen.append(1)
         return resp
 
-    cluster.core.list_persistent_volume = list_then_change  # type: ignore[method-assign]
+    cluster.core.list_persistent_volume = list_then_change  # type: ignore[method-assign, assignment]
     view, _ = await asyncio.to_thread(cluster.read)
     names = {p.name for p in view.pvs}
     assert "pv-034" in names and "pv-zzz" not in names, "all pages come from the first page's snapshot"

@@ -5,20 +5,18 @@ runs decide; the inventories it reads page over the bus."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from watcher_harness import WatcherStack, watcher_stack
 
 from berth_shared.errors import PermissionDenied
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 from berth_watcher.sources.inventory import BusInventory
 
 
 async def test_inventories_page_over_the_bus_for_admins_only(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path) as st:
         made = [await st.volume(f"a-{i}") for i in range(4)] + [await st.volume("b-0", token=tenants.b)]
@@ -85,7 +83,7 @@ async def setup_every_kind(st: WatcherStack) -> dict[str, str]:
 
 
 async def test_every_orphan_kind_is_found_reported_and_published(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path) as st:
         ids = await setup_every_kind(st)
@@ -155,7 +153,7 @@ async def test_every_orphan_kind_is_found_reported_and_published(
 
 
 async def test_a_grace_period_and_a_second_sighting_before_a_finding(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path, grace_volume_without_pv_s=3600.0) as st:
         young = await st.volume("young")

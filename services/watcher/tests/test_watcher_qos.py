@@ -10,7 +10,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,7 @@ from watcher_harness import WatcherStack, watcher_stack
 
 from berth_shared.backends import blkio
 from berth_shared.node import host
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually, needs_loop
+from berth_testing import MakeSettings, Tenants, eventually, needs_loop
 
 pytestmark = needs_loop
 
@@ -117,7 +116,7 @@ POLICY = {
 
 
 async def test_file_volume_limits_applied_enforced_repaired_and_resized(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     throttle = throttle_or_skip()
     async with watcher_stack(make_settings, tenants, tmp_path) as st:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ from ceph_clusters import rbd_image, register_ceph
 from watcher_harness import WatcherStack, watcher_stack
 
 from berth_shared.backends import ceph_bindings
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 from berth_testing.ceph import RBD_POOL, CephCluster
 
 POLICY = {
@@ -63,7 +61,7 @@ async def qos_of(st: WatcherStack, volume_id: str) -> dict[str, Any]:
 
 
 async def test_rbd_volume_limits_applied_repaired_and_resized(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, ceph: CephCluster
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path) as st:
         await register_ceph(st.prov, tenants.admin, ceph, "rbd", name=f"ceph-{tmp_path.name[-12:]}")

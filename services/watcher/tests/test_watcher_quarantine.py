@@ -5,14 +5,12 @@ included, ever touched."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from watcher_harness import WatcherStack, watcher_stack
 
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually
+from berth_testing import MakeSettings, Tenants, eventually
 
 # A short grace: it is the second sighting that keeps a run between a volume's create and
 # its PV's (the setup below makes many) from taking a volume about to be referenced.
@@ -35,7 +33,7 @@ async def quarantined_after_runs(st: WatcherStack, want: set[str]) -> dict[str, 
 
 
 async def test_policy_quarantines_leaks_only_and_restore_puts_them_back(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path, **POLICY) as st:
         k = st.kube
@@ -90,9 +88,7 @@ async def test_policy_quarantines_leaks_only_and_restore_puts_them_back(
         assert r.status_code == 403, "an admin's call"
 
 
-async def test_purged_after_the_quarantine_time(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
-) -> None:
+async def test_purged_after_the_quarantine_time(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path, quarantine_s=1.0, **POLICY) as st:
         leaked = await st.leak()
         no_pv = await st.volume("no-pv")

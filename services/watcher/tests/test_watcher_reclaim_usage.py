@@ -5,15 +5,13 @@ per tenant, cluster and volume type with a forecast, metrics, and a threshold br
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from watcher_harness import GIB, watcher_stack
 
-from berth_shared.settings import Settings
-from berth_testing import Tenants
+from berth_testing import MakeSettings, Tenants
 
 MIB = 1 << 20
 
@@ -28,7 +26,7 @@ def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 async def test_released_delete_pvs_past_their_ttl_are_reclaimed_through_the_provisioner(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path, reclaim_ttl_s=3600.0) as st:
         k = st.kube
@@ -67,7 +65,7 @@ async def test_released_delete_pvs_past_their_ttl_are_reclaimed_through_the_prov
 
 
 async def test_usage_per_tenant_cluster_type_forecast_and_metrics(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path) as st:
         a1 = await st.volume("a1", 1)
@@ -111,7 +109,7 @@ async def test_usage_per_tenant_cluster_type_forecast_and_metrics(
 
 
 async def test_a_cluster_past_its_fill_threshold_is_a_finding_and_an_event(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     async with watcher_stack(make_settings, tenants, tmp_path, fill_threshold=1e-9) as st:
         vol = await st.volume("data")

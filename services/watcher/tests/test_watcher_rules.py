@@ -132,7 +132,10 @@ def test_stale_attachments() -> None:
 
 
 def test_single_writer_violations() -> None:
-    ip = lambda a: f"{a}:0/1"  # noqa: E731
+
+    def ip(a: str) -> str:
+        return f"{a}:0/1"
+
     inv = Inventory(
         [vol("vol-1"), vol("vol-2"), vol("vol-3")],
         [],

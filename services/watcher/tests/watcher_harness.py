@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +19,10 @@ from fastapi import FastAPI
 from berth_attacher.app import create_app as attacher_app
 from berth_attacher.config import AttacherSettings
 from berth_provisioner.app import create_app as provisioner_app
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.backends import Backend, build_backend
 from berth_shared.bus import Bus
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually, running
+from berth_testing import MakeSettings, Tenants, eventually, running
 from berth_testing.kube import FakeKube, fake_kube, write_kubeconfig
 from berth_watcher.app import create_app as watcher_app
 from berth_watcher.config import WatcherSettings
@@ -155,7 +155,7 @@ async def collect_events(nats_url: str) -> AsyncIterator[Events]:
         await nc.close()
 
 
-def watcher_settings(make_settings: Callable[..., Settings], kubeconfig: Path, **overrides: Any) -> WatcherSettings:
+def watcher_settings(make_settings: MakeSettings, kubeconfig: Path, **overrides: Any) -> WatcherSettings:
     values: dict[str, Any] = (
         ON_DEMAND
         | NO_GRACE
@@ -168,23 +168,23 @@ def watcher_settings(make_settings: Callable[..., Settings], kubeconfig: Path, *
             "lease_ttl_s": 2.0,
         }
     )
-    settings = make_settings("watcher", WatcherSettings, **(values | overrides))
+    settings = make_settings(WatcherSettings, **(values | overrides))
     assert isinstance(settings, WatcherSettings)
     return settings
 
 
 @asynccontextmanager
 async def watcher_stack(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path, **overrides: Any
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[WatcherStack]:
-    prov_settings = make_settings("provisioner")
-    att_settings = make_settings("attacher", AttacherSettings)
+    prov_settings = make_settings(ProvisionerSettings)
+    att_settings = make_settings(AttacherSettings)
     async with AsyncExitStack() as es:
         kube, kubeconfig = await es.enter_async_context(kube_server(tmp_path))
         settings = watcher_settings(make_settings, kubeconfig, **overrides)
         events = await es.enter_async_context(collect_events(prov_settings.nats_url))
         prov = await es.enter_async_context(running(provisioner_app(prov_settings)))
-        att = await es.enter_async_context(running(attacher_app(att_settings)))  # type: ignore[arg-type]
+        att = await es.enter_async_context(running(attacher_app(att_settings)))
         app = watcher_app(settings)
         watcher = await es.enter_async_context(running(app))
         bus = await Bus.connect(prov_settings.nats_url, "test-watcher")

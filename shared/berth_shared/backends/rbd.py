@@ -54,7 +54,8 @@ from berth_shared.backends.ceph_common import (
     pool_name,
 )
 from berth_shared.backends.rbd_groups import GROUP_NAMESPACE, RbdGroupOps
-from berth_shared.backends.rbd_watch import PARTIAL, QOS_KEYS, QUARANTINE_SNAP, RbdWatchOps, quarantine_mark
+from berth_shared.backends.rbd_watch import PARTIAL as PARTIAL
+from berth_shared.backends.rbd_watch import QOS_KEYS, QUARANTINE_SNAP, RbdWatchOps, quarantine_mark
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from berth_shared.faults import checkpoint
 

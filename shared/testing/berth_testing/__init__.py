@@ -7,6 +7,16 @@ real network partitions `berth_testing.netns`, the CSI node service as a process
 
 from berth_testing.apps import Tenants, drop_schemas, running, write_tenants
 from berth_testing.host import loop_skip_reason, needs_loop
+from berth_testing.plugin import MakeSettings
 from berth_testing.polling import eventually
 
-__all__ = ["Tenants", "drop_schemas", "eventually", "loop_skip_reason", "needs_loop", "running", "write_tenants"]
+__all__ = [
+    "MakeSettings",
+    "Tenants",
+    "drop_schemas",
+    "eventually",
+    "loop_skip_reason",
+    "needs_loop",
+    "running",
+    "write_tenants",
+]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -25,6 +25,7 @@ TEST_DB_ENV = "BERTH_TEST_DATABASE_URL"
 EVENTS_STREAM = Settings().events_stream
 CEPH_REQUIRED_ENV = "BERTH_REQUIRE_CEPH"
 OPENSTACK_REQUIRED_ENV = "BERTH_REQUIRE_OPENSTACK"
+S = TypeVar("S", bound=Settings)
 
 
 @pytest.fixture(scope="session")
@@ -58,13 +59,22 @@ def db_url(tmp_path: Path) -> str | None:
     return os.environ.get(TEST_DB_ENV) or None
 
 
+class MakeSettings(Protocol):
+    """The `make_settings` fixture: a service's own settings class (its `service` default
+    names the service), with this test's NATS, database schema, tokens and data dir, and
+    `overrides` on top."""
+
+    def __call__(self, settings_cls: type[S], /, **overrides: Any) -> S: ...
+
+
 @pytest.fixture
 def make_settings(
     tmp_path: Path, nats_server: NatsServer, tenants: Tenants, db_url: str | None
-) -> Iterator[Callable[..., Settings]]:
+) -> Iterator[MakeSettings]:
     schemas: list[str] = []
 
-    def make(service: str, settings_cls: type[Settings] = Settings, **overrides: Any) -> Settings:
+    def make(settings_cls: type[S], /, **overrides: Any) -> S:
+        service = str(overrides.get("service") or settings_cls.model_fields["service"].default)
         schema = f"{service}_{uuid.uuid4().hex[:10]}"
         schemas.append(schema)
         values: dict[str, Any] = {
