@@ -19,8 +19,9 @@ from pathlib import Path
 
 from berth_shared.bus import Bus
 from berth_shared.errors import InvalidArgument
+from berth_shared.logs import configure_logging
 from berth_shared.messages.attacher import PREFIX, Attachment, HeartbeatReply, StagedVolume
-from berth_shared.node import CephClientSpec, NodeHeartbeat, ceph_stage
+from berth_shared.node import CephClientSpec, NodeHeartbeat, NodeSettings, ceph_stage
 from berth_shared.node import file as file_node
 
 log = logging.getLogger(__name__)
@@ -157,31 +158,42 @@ class NodeAgent:
         await self.beats.stop()
 
 
-async def _main() -> None:
-    parser = argparse.ArgumentParser(description="Berth node agent")
-    parser.add_argument("--node-id", required=True)
-    parser.add_argument("--nats-url", default=os.environ.get("BERTH_NATS_URL", "nats://127.0.0.1:4322"))
-    parser.add_argument("--token", default=os.environ.get("BERTH_NODE_TOKEN"))
+class AgentSettings(NodeSettings):
+    """The node agent's settings: the node side's (BERTH_NODE_ID, BERTH_NODE_TOKEN,
+    BERTH_HEARTBEAT_INTERVAL_S, BERTH_CEPH_CONF, BERTH_RBD_USER, ...) and BERTH_ZONE; its
+    command-line flags override them."""
+
+    service: str = "node-agent"
+    zone: str | None = None
+
+
+def _settings(argv: list[str] | None = None) -> AgentSettings:
+    parser = argparse.ArgumentParser(description="Berth node agent (flags override the BERTH_* variables)")
+    parser.add_argument("--node-id")
+    parser.add_argument("--nats-url")
+    parser.add_argument("--token", dest="node_token", help="a token with the node or admin role")
     # The `node` NATS user's .creds (it may send attacher commands, nothing else).
-    parser.add_argument("--nats-creds", type=Path, default=os.environ.get("BERTH_NATS_CREDS"))
-    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--nats-creds", type=Path)
+    parser.add_argument("--interval", dest="heartbeat_interval_s", type=float)
     parser.add_argument("--zone")
-    parser.add_argument("--ceph-conf", default="/etc/ceph/ceph.conf")
+    parser.add_argument("--ceph-conf")
     for kind in ceph_stage.KINDS:
         parser.add_argument(f"--{kind}-user", help=f"cephx id for {kind} volumes (without 'client.')")
         parser.add_argument(f"--{kind}-keyring", help="default: /etc/ceph/ceph.client.<user>.keyring")
-    args = parser.parse_args()
-    if not args.token:
-        parser.error("--token or BERTH_NODE_TOKEN is required (a token with the node or admin role)")
-    logging.basicConfig(level=logging.INFO)
-    bus = await Bus.connect(args.nats_url, f"agent-{args.node_id}", creds=args.nats_creds)
-    ceph: dict[str, CephClientSpec] = {}
-    for kind in ceph_stage.KINDS:
-        user = getattr(args, f"{kind}_user")
-        if user:
-            keyring = getattr(args, f"{kind}_keyring") or f"/etc/ceph/ceph.client.{user}.keyring"
-            ceph[kind] = CephClientSpec(args.ceph_conf, keyring, user)
-    agent = NodeAgent(bus, args.node_id, args.token, interval_s=args.interval, zone=args.zone, ceph=ceph)
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return AgentSettings(**given)
+
+
+async def _main() -> None:
+    settings = _settings()
+    configure_logging(settings.service, settings.log_level, settings.log_json)
+    token = settings.heartbeat_token()
+    # A kind without a configured user keeps the conventions of berth_shared.node.ceph_stage.
+    ceph = settings.configured_ceph()
+    bus = await Bus.connect(settings.nats_url, f"agent-{settings.node_id}", creds=settings.nats_creds)
+    agent = NodeAgent(
+        bus, settings.node_id, token, interval_s=settings.heartbeat_interval_s, zone=settings.zone, ceph=ceph
+    )
     agent.start()
     try:
         await asyncio.Event().wait()

@@ -8,12 +8,14 @@ from berth_shared.node import ceph, ceph_stage, file, host, mounts, staging
 from berth_shared.node.ceph import CephClientSpec
 from berth_shared.node.cutoff import cut_off_file
 from berth_shared.node.heartbeat import BOOT_ID_FILE, NodeHeartbeat, read_boot_id
+from berth_shared.node.settings import NodeSettings
 from berth_shared.node.staging import Staged, StageRequest
 
 __all__ = [
     "BOOT_ID_FILE",
     "CephClientSpec",
     "NodeHeartbeat",
+    "NodeSettings",
     "StageRequest",
     "Staged",
     "ceph",
