@@ -8,8 +8,9 @@ in the outbox. Steps 2 and 3 are the operation (volume_ops.py), resumed after a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
@@ -22,6 +23,7 @@ from berth_provisioner.operations import new_operation
 from berth_provisioner.placement import ClusterView, NoValidCluster, PlacementRequest, rank
 from berth_provisioner.volume_types import require_known
 from berth_shared.auth import Principal
+from berth_shared.db.group_commit import GroupCommit
 from berth_shared.errors import (
     Aborted,
     AlreadyExists,
@@ -35,6 +37,34 @@ from berth_shared.faults import checkpoint
 from berth_shared.ids import new_id
 from berth_shared.messages.common import InventoryPage, ListQuery
 from berth_shared.messages.provisioner import Volume, VolumeCreate, VolumeList, VolumeLocation
+
+
+@dataclass(frozen=True)
+class NewVolume:
+    """A create ready to record: the volume's row, its operation, the clusters that can
+    take it (best first; the row names the first)."""
+
+    row: dict[str, Any]
+    op: dict[str, Any]
+    ranked: list[ClusterView]
+
+    @property
+    def volume_id(self) -> str:
+        return str(self.row["id"])
+
+    @property
+    def size_gib(self) -> int:
+        return int(self.row["size_gib"])
+
+
+K = TypeVar("K")
+
+
+def _grouped(items: list[NewVolume], key: Callable[[NewVolume], K]) -> dict[K, list[NewVolume]]:
+    groups: dict[K, list[NewVolume]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
 
 
 @dataclass(frozen=True)
@@ -52,6 +82,8 @@ def _not_found(volume_id: str) -> NotFound:
 class Volumes:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        # Creates arriving together share one recording transaction (see _record).
+        self._recorder: GroupCommit[NewVolume, None] = GroupCommit(ctx.db, self._record, name="volume-create-record")
 
     # -- create ------------------------------------------------------------------
 
@@ -101,40 +133,67 @@ class Volumes:
             await self.ctx.runner.wait(op_id, wait_s)
 
     async def _start_create(self, p: Principal, req: VolumeCreate) -> Started:
-        """Record the volume and its operation in one transaction. A name already taken
-        fails the volume's INSERT (IntegrityError) before anything is reserved."""
-        volume_id = new_id("vol")
+        """Record the volume and its operation in one transaction (shared with concurrent
+        creates: see `_record`). A name already taken fails the volume's INSERT
+        (IntegrityError) and the create commits nothing."""
         # Read once, before the transaction, with the capacity probe: the conditional
         # UPDATE in take_room, not this read, keeps a cluster from being overfilled.
         async with self.ctx.db.reads() as s:
             clusters = await repo.clusters.all_rows(s)
-        free = await self.ctx.free_fractions(clusters)
-        async with self.ctx.db.transaction() as s:
             if not any(req.volume_type in r.volume_types for r in clusters):
                 # A type some cluster serves is known (clusters are registered with known types).
                 await require_known(s, [req.volume_type])
+        free = await self.ctx.free_fractions(clusters)
+        if req.source_snapshot_id is None and req.source_volume_id is None:
+            new = self._new_volume(p.tenant, req, self._rank(p.tenant, req, clusters, free))
+            await self._recorder.submit(new)
+            return Started(new.volume_id, new.op)
+        # From a source: checked, and placed on the source's cluster, in the transaction.
+        async with self.ctx.db.transaction() as s:
             pinned = await self._source_cluster(s, p, req)
-            ranked = self._rank(p.tenant, req, [r for r in clusters if pinned in (None, r.id)], free)
-            await repo.volumes.insert(
-                s,
-                id=volume_id,
-                tenant=p.tenant,
-                name=req.name,
-                size_gib=req.size_gib,
-                volume_type=req.volume_type,
-                zone=ranked[0].zone,
-                cluster_id=ranked[0].id,
-                status=VolumeStatus.CREATING,
-                source_snapshot_id=req.source_snapshot_id,
-                source_volume_id=req.source_volume_id,
+            new = self._new_volume(
+                p.tenant, req, self._rank(p.tenant, req, [r for r in clusters if r.id == pinned], free)
             )
-            op = new_operation(self.ctx.runner, "volume.create", volume_id, p.tenant, {"volume_id": volume_id})
-            await repo.operations.insert(s, op)
-            # The rows every create of the tenant (and on the cluster) updates come last:
-            # their locks are held from here to the commit, no longer.
-            await repo.accounting.reserve_quota(s, p.tenant, 1, req.size_gib, self.ctx.default_quota)
-            await self._take_room(s, volume_id, req.size_gib, ranked)
-        return Started(volume_id, op)
+            await self._record(s, [new])
+        return Started(new.volume_id, new.op)
+
+    def _new_volume(self, tenant: str, req: VolumeCreate, ranked: list[ClusterView]) -> NewVolume:
+        volume_id = new_id("vol")
+        row = {
+            "id": volume_id,
+            "tenant": tenant,
+            "name": req.name,
+            "size_gib": req.size_gib,
+            "volume_type": req.volume_type,
+            "zone": ranked[0].zone,
+            "cluster_id": ranked[0].id,
+            "status": VolumeStatus.CREATING,
+            "source_snapshot_id": req.source_snapshot_id,
+            "source_volume_id": req.source_volume_id,
+        }
+        op = new_operation(self.ctx.runner, "volume.create", volume_id, tenant, {"volume_id": volume_id})
+        return NewVolume(row, op, ranked)
+
+    async def _record(self, s: AsyncSession, batch: list[NewVolume]) -> list[None]:
+        """Write new volumes with their operations, and reserve their quota and room, per
+        tenant and per cluster at once (several creates: one UPDATE of the quota, one of
+        the cluster). A batch that would not fit all together fails whole; GroupCommit
+        then records each alone, and those that fit succeed."""
+        await repo.volumes.insert_many(s, [n.row for n in batch])
+        await repo.operations.insert_many(s, [n.op for n in batch])
+        # The rows every create of the tenant (and on the cluster) updates come last:
+        # their locks are held from here to the commit, no longer.
+        for tenant, group in _grouped(batch, lambda n: str(n.row["tenant"])).items():
+            gib = sum(n.size_gib for n in group)
+            await repo.accounting.reserve_quota(s, tenant, len(group), gib, self.ctx.default_quota)
+        if len(batch) == 1:
+            await self._take_room(s, batch[0].volume_id, batch[0].size_gib, batch[0].ranked)
+            return [None]
+        for cluster_id, group in _grouped(batch, lambda n: n.ranked[0].id).items():
+            gib = sum(n.size_gib for n in group)
+            if not await repo.accounting.take_room(s, cluster_id, gib, len(group), active_only=True):
+                raise ResourceExhausted("the cluster has no room for the whole batch", reason="no_valid_cluster")
+        return [None] * len(batch)
 
     async def _source_cluster(self, s: AsyncSession, p: Principal, req: VolumeCreate) -> str | None:
         if req.source_snapshot_id:

@@ -25,3 +25,8 @@ async def params(session: AsyncSession, op_id: str) -> dict[str, Any]:
 
 async def insert(session: AsyncSession, values: dict[str, Any]) -> None:
     await session.execute(t.operations.insert().values(**values))
+
+
+async def insert_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Several operations in one statement (rows with the same keys)."""
+    await session.execute(t.operations.insert(), rows)

@@ -46,10 +46,6 @@ async def page(session: AsyncSession, tenant: str | None, limit: int, after: str
     return list((await session.execute(q)).all())
 
 
-async def insert(session: AsyncSession, **values: Any) -> None:
-    await session.execute(t.volumes.insert().values(**values))
-
-
 async def move(
     session: AsyncSession, volume_id: str, status: str, event: str, *, size_gib_was: int | None = None, **values: Any
 ) -> Row[Any] | None:
@@ -70,3 +66,8 @@ async def move(
 async def place(session: AsyncSession, volume_id: str, cluster_id: str, zone: str) -> None:
     """Record the volume on another cluster (placement's first choice filled up meanwhile)."""
     await session.execute(update(t.volumes).where(v.id == volume_id).values(cluster_id=cluster_id, zone=zone))
+
+
+async def insert_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Several volumes in one statement (rows with the same keys)."""
+    await session.execute(t.volumes.insert(), rows)
