@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_alerts import tables as t
@@ -212,10 +212,13 @@ class AlertsService:
                 .group_by(t.deliveries.c.receiver)
             )
             seen: dict[str, int] = {r[0]: int(r[1]) for r in depth.all()}
+            # Grouped by the output alias: PostgreSQL sees two renderings of the JSON
+            # path (each with its own bound key) as different expressions.
+            severity = t.alerts.c.labels["severity"].as_string().label("severity")
             firing = await s.execute(
-                select(t.alerts.c.labels["severity"].as_string(), func.count())
+                select(severity, func.count())
                 .where(t.alerts.c.status == "firing")
-                .group_by(t.alerts.c.labels["severity"].as_string())
+                .group_by(literal_column("severity"))
             )
             by_severity: dict[str, int] = {str(r[0] or ""): int(r[1]) for r in firing.all()}
         for name in self.workers:
