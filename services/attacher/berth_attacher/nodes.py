@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Row
+from sqlalchemy.exc import IntegrityError
 
 from berth_attacher import repo
 from berth_attacher.context import Context, require_node_or_admin
@@ -36,6 +37,14 @@ class Nodes:
 
     async def heartbeat(self, p: Principal, hb: Heartbeat) -> HeartbeatReply:
         require_node_or_admin(p)
+        try:
+            return await self._heartbeat(hb)
+        except IntegrityError:
+            # Two first heartbeats of one node raced to register it (the row lock cannot
+            # cover a row that does not exist yet): the row is there now, so go again.
+            return await self._heartbeat(hb)
+
+    async def _heartbeat(self, hb: Heartbeat) -> HeartbeatReply:
         staged = [v.model_dump() for v in hb.staged]
         async with self.ctx.db.transaction() as s:
             # Row lock: a heartbeat must not set a node back to alive over a fence that

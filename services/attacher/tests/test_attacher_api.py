@@ -7,6 +7,7 @@ liveness grace is long (60 s) so that only the calls under test move a node.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -396,3 +397,13 @@ async def test_fence_and_failover_events(st: Stack) -> None:
         for msg in tenant_a.msgs + system.msgs:
             assert msg.headers is not None
             assert msg.headers["Nats-Msg-Id"] == json.loads(msg.data)["id"]
+
+
+async def test_racing_first_heartbeats_register_the_node_once(st: Stack) -> None:
+    # A node agent restarting while its previous heartbeat is still in flight sends two
+    # "first" heartbeats; on PostgreSQL both used to find no row and one failed on the key.
+    node_id = uid("node")
+    replies = await asyncio.gather(*(register_node(st, node_id) for _ in range(8)))
+    assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies]
+    assert {r.json()["state"] for r in replies} == {"alive"}
+    assert (await st.node(node_id))["state"] == "alive"
