@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from berth_shared.backends import FenceTarget, QosLimits, build_backend, ceph_bindings, validate_backend_config
-from berth_shared.backends.ceph_common import addr_matches, normalize_addr
+from berth_shared.backends.ceph_common import OP_TIMEOUT_S, addr_matches, normalize_addr
 from berth_shared.backends.rbd import META_VOLUME, PARTIAL, RbdBackend
 from berth_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from berth_shared.node import ceph as node
@@ -104,6 +104,14 @@ def test_addresses() -> None:
 
 
 # -- the backend contract ------------------------------------------------------------------
+
+
+async def test_every_librados_call_is_bounded(rbd_backend: RbdBackend) -> None:
+    # librados' default is to wait forever for an OSD or a monitor; a call stuck that way
+    # held a worker thread and the client's shutdown behind it until the process died.
+    client = rbd_backend.conn.client()
+    for option in ("rados_osd_op_timeout", "rados_mon_op_timeout"):
+        assert float(client.conf_get(option)) == OP_TIMEOUT_S, option
 
 
 async def test_volume_lifecycle(ceph: CephCluster, rbd_backend: RbdBackend) -> None:

@@ -36,6 +36,9 @@ _POOL = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 # -- configuration -------------------------------------------------------------------------
 
 
+OP_TIMEOUT_S = 30
+
+
 @dataclass(frozen=True)
 class CephConfig:
     conf: str | None
@@ -45,7 +48,11 @@ class CephConfig:
     fence_expire_s: int
 
     def rados_kwargs(self) -> dict[str, Any]:
-        conf: dict[str, str] = {}
+        # librados waits forever for an OSD or monitor by default: one call stuck on a
+        # peering pool or a lost monitor would hold its worker thread, and the client's
+        # shutdown() behind it, for good. Every call fails after this bound instead.
+        bound = str(OP_TIMEOUT_S)
+        conf: dict[str, str] = {"rados_osd_op_timeout": bound, "rados_mon_op_timeout": bound}
         if self.keyring:
             conf["keyring"] = self.keyring
         if self.mon_host:
