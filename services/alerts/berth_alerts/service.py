@@ -216,9 +216,7 @@ class AlertsService:
             # path (each with its own bound key) as different expressions.
             severity = t.alerts.c.labels["severity"].as_string().label("severity")
             firing = await s.execute(
-                select(severity, func.count())
-                .where(t.alerts.c.status == "firing")
-                .group_by(literal_column("severity"))
+                select(severity, func.count()).where(t.alerts.c.status == "firing").group_by(literal_column("severity"))
             )
             by_severity: dict[str, int] = {str(r[0] or ""): int(r[1]) for r in firing.all()}
         for name in self.workers:
