@@ -49,6 +49,10 @@ COMMAND_NOTES: dict[str, str] = {
     "volume.list": "The caller's volumes, ordered by id; page with `starting_token` = the previous `next_token`.",
     "volume.expand": "Grow a volume (never shrinks). Asking the current size again is a no-op.",
     "volume.delete": "Delete a volume without snapshots. Replies `{}` once it is gone.",
+    "volume.retype": (
+        "Move a volume to another volume type in place: its cluster must serve the type (else `invalid_argument`, "
+        "reason `type_not_on_cluster`); the data stays. The type it has already is a no-op."
+    ),
     "volume.locate": "Where a volume lives (backend kind and its config), for the attacher and node side. Admin.",
     "snapshot.create": "Snapshot a volume; the name is the idempotency key within the tenant.",
     "snapshot.get": "One snapshot of the caller's tenant.",
@@ -89,6 +93,10 @@ EVENT_NOTES: dict[tuple[str, str], str] = {
     ),
     ("volume", "expanded"): "A volume grew; `data.size_gib` is the new size.",
     ("volume", "deleted"): "A volume was deleted; `data` is its last state.",
+    ("volume", "retyped"): (
+        "A volume moved to another volume type in place; `data.previous_type` is the old one (the watcher applies "
+        "the new type's IO limits)."
+    ),
     ("snapshot", "created"): "A snapshot became `available`.",
     ("snapshot", "deleted"): "A snapshot was deleted; `data` is its last state.",
     ("cluster", "registered"): f"A storage cluster was registered (tenant token `{SYSTEM_TENANT}`).",

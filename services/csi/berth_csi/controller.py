@@ -59,6 +59,7 @@ CAPABILITIES = (
     RPC.VOLUME_CONDITION,
     RPC.GET_VOLUME,
     RPC.LIST_VOLUMES_PUBLISHED_NODES,
+    RPC.MODIFY_VOLUME,
 )
 PAGE = 1000
 
@@ -152,9 +153,13 @@ class ControllerService:
         # refuses the mode at publish unless the volume is on CephFS.
         m.check_capabilities(request.volume_capabilities, shared_fs=True)
         params = dict(request.parameters)
+        mutable = dict(request.mutable_parameters)
         secrets = dict(request.secrets)
         m.check_parameters(params)
-        body: dict[str, Any] = {"name": m.resource_name(request.name), "volume_type": params.get("type", "standard")}
+        m.check_parameters(mutable, m.MUTABLE_PARAMETERS, "mutable_parameters")
+        # A VolumeAttributesClass given at create wins over the StorageClass.
+        volume_type = mutable.get("type") or params.get("type", "standard")
+        body: dict[str, Any] = {"name": m.resource_name(request.name), "volume_type": volume_type}
         source = request.volume_content_source if request.HasField("volume_content_source") else None
         source_gib = await self._source(source, body, secrets, context) if source is not None else None
         size = m.size_gib(request.capacity_range) if request.HasField("capacity_range") else None
@@ -386,6 +391,24 @@ class ControllerService:
         return csi.ControllerExpandVolumeResponse(
             capacity_bytes=vol.size_gib * m.GIB, node_expansion_required=not block
         )
+
+    @rpc
+    async def ControllerModifyVolume(self, request: Any, context: Any) -> Any:
+        """A VolumeAttributesClass's parameters applied in place: `type` moves the volume to
+        that volume type on its own cluster (the provisioner's retype; the watcher applies
+        the type's IO limits on its event). Idempotent: the type it has is a no-op."""
+        required(request.volume_id, "volume_id")
+        mutable = dict(request.mutable_parameters)
+        required(mutable, "mutable_parameters")
+        m.check_parameters(mutable, m.MUTABLE_PARAMETERS, "mutable_parameters")
+        if not m.valid_id(request.volume_id):
+            raise NotFound(f"volume {request.volume_id!r} not found", reason="volume_not_found")
+        if "type" in mutable:
+            required(mutable["type"], "mutable_parameters.type")
+            body = {"id": request.volume_id, "volume_type": mutable["type"]}
+            key = f"{request.volume_id}:retype:{mutable['type']}"
+            await self.cmd(f"{PROVISIONER}.volume.retype", body, dict(request.secrets), context, key)
+        return csi.ControllerModifyVolumeResponse()
 
     @rpc
     async def ControllerGetVolume(self, request: Any, context: Any) -> Any:

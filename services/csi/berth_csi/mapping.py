@@ -21,6 +21,9 @@ TOKEN_SECRET = "berthToken"
 # Keys the CO adds to parameters (--extra-create-metadata, secret references): not ours.
 CO_PREFIX = "csi.storage.k8s.io/"
 VOLUME_PARAMETERS = frozenset({"type", "zone"})
+# A VolumeAttributesClass's parameters (ControllerModifyVolume, CreateVolume's
+# mutable_parameters): what a volume can change in place.
+MUTABLE_PARAMETERS = frozenset({"type"})
 FS_TYPES = frozenset({"ext4", "xfs"})
 DEFAULT_FS = "ext4"
 
@@ -138,12 +141,14 @@ def _zones_of(topologies: Any) -> list[str]:
     return [str(t.segments[ZONE_KEY]) for t in topologies if ZONE_KEY in t.segments]
 
 
-def check_parameters(parameters: Mapping[str, str], known: frozenset[str] = VOLUME_PARAMETERS) -> None:
+def check_parameters(
+    parameters: Mapping[str, str], known: frozenset[str] = VOLUME_PARAMETERS, field: str = "parameters"
+) -> None:
     unknown = sorted(k for k in parameters if k not in known and not k.startswith(CO_PREFIX))
     if unknown:
         raise InvalidArgument(
-            f"parameters: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}",
-            field="parameters",
+            f"{field}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}",
+            field=field,
         )
 
 

@@ -100,6 +100,7 @@ async def test_identity_and_node_info(make_settings: MakeSettings) -> None:
             CtrlRPC.VOLUME_CONDITION,
             CtrlRPC.PUBLISH_READONLY,
             CtrlRPC.LIST_VOLUMES_PUBLISHED_NODES,
+            CtrlRPC.MODIFY_VOLUME,
         } == {c.rpc.type for c in ctrl_caps}
 
         # Probe is ready only while the bus is connected.

@@ -30,6 +30,7 @@ from berth_shared.messages.provisioner import (
     VolumeCreate,
     VolumeExpandBody,
     VolumeList,
+    VolumeRetypeBody,
     VolumeType,
     VolumeTypeCreate,
     VolumeTypeList,
@@ -81,6 +82,12 @@ async def get_volume(volume_id: PathId, request: Request, caller: Caller) -> Vol
 @router.post("/volumes/{volume_id}/expand", tags=["volumes"])
 async def expand_volume(volume_id: PathId, body: VolumeExpandBody, request: Request, caller: Caller) -> Volume:
     return await _svc(request).volumes.expand(caller, volume_id, body.size_gib, _wait(request))
+
+
+@router.post("/volumes/{volume_id}/retype", tags=["volumes"])
+async def retype_volume(volume_id: PathId, body: VolumeRetypeBody, request: Request, caller: Caller) -> Volume:
+    """Move the volume to another volume type in place (its cluster must serve the type)."""
+    return await _svc(request).volumes.retype(caller, volume_id, body.volume_type)
 
 
 @router.delete("/volumes/{volume_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["volumes"])

@@ -29,6 +29,7 @@ from berth_shared.messages.provisioner import (
     VolumeExpand,
     VolumeList,
     VolumeLocation,
+    VolumeRetype,
     VolumeType,
     VolumeTypeCreate,
     VolumeTypeList,
@@ -51,6 +52,10 @@ def register_commands(server: CommandServer, svc: Provisioner) -> None:
     @server.command(f"{PREFIX}.volume.expand", VolumeExpand)
     async def volume_expand(req: VolumeExpand, ctx: CommandContext) -> Volume:
         return await svc.volumes.expand(ctx.principal, req.id, req.size_gib, ctx.remaining_s())
+
+    @server.command(f"{PREFIX}.volume.retype", VolumeRetype)
+    async def volume_retype(req: VolumeRetype, ctx: CommandContext) -> Volume:
+        return await svc.volumes.retype(ctx.principal, req.id, req.volume_type)
 
     @server.command(f"{PREFIX}.volume.delete", ById)
     async def volume_delete(req: ById, ctx: CommandContext) -> Empty:

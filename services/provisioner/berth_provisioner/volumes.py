@@ -29,6 +29,7 @@ from berth_shared.errors import (
     AlreadyExists,
     BerthError,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     OutOfRange,
     ResourceExhausted,
@@ -273,6 +274,43 @@ class Volumes:
             rows = await repo.volumes.page(s, None, q.limit, q.starting_token)
         items = [repo.volumes.out(r) for r in rows[: q.limit]]
         return VolumeList(items=items, next_token=items[-1].id if len(rows) > q.limit else None)
+
+    # -- retype ------------------------------------------------------------------
+
+    async def retype(self, p: Principal, volume_id: str, volume_type: str) -> Volume:
+        """Move a volume to another volume type in place, on its own cluster, which must
+        serve that type (the data never moves). Nothing changes on the backend (a type's IO
+        limits are the watcher's, applied on the `volume.retyped` event), so the record and
+        its event are one transaction: nothing to resume after a crash. Asking for the type
+        the volume has is a no-op."""
+        p.require_writer()
+        async with self.ctx.db.transaction() as s:
+            vol = await repo.volumes.by_id(s, p.scope, volume_id)
+            if vol is None:
+                raise _not_found(volume_id)
+            await require_known(s, [volume_type])
+            if vol.volume_type == volume_type:
+                return repo.volumes.out(vol)
+            if vol.status != VolumeStatus.AVAILABLE:
+                raise Aborted(f"volume {volume_id} is {vol.status}; retry once that finishes")
+            cluster = await repo.clusters.by_id(s, vol.cluster_id)
+            assert cluster is not None  # a foreign key
+            if volume_type not in cluster.volume_types:
+                raise InvalidArgument(
+                    f"volume {volume_id} is on cluster {cluster.name}, which does not serve volume type "
+                    f"{volume_type} (it serves {', '.join(sorted(cluster.volume_types))}); a type change "
+                    "never moves data",
+                    reason="type_not_on_cluster",
+                    valid_types=sorted(cluster.volume_types),
+                )
+            row = await repo.volumes.retype(s, volume_id, vol.status, vol.volume_type, volume_type)
+            if row is None:
+                raise Aborted(f"volume {volume_id} changed concurrently; retry")
+            out = repo.volumes.out(row)
+            data = out.model_dump(mode="json") | {"previous_type": vol.volume_type}
+            await self.ctx.events.emit(s, out.tenant, "volume", "retyped", volume_id, data)
+        self.ctx.events.notify()
+        return out
 
     # -- delete ------------------------------------------------------------------
 

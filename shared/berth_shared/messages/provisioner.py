@@ -216,9 +216,18 @@ class ClusterBackendList(Reply):
     items: list[ClusterBackend]
 
 
-class VolumeRetype(Message):
-    id: ResourceId
+class VolumeRetypeBody(Message):
     volume_type: ResourceName
+
+
+class VolumeRetype(VolumeRetypeBody):
+    id: ResourceId
+
+
+class VolumeRetyped(Volume):
+    """A volume moved to another type in place; `volume_type` is the new one."""
+
+    previous_type: str
 
 
 class VolumeType(Reply):
@@ -265,6 +274,7 @@ COMMANDS: dict[str, tuple[type[Message], type[Reply]]] = {
     f"{PREFIX}.volume.get": (ById, Volume),
     f"{PREFIX}.volume.list": (ListQuery, VolumeList),
     f"{PREFIX}.volume.expand": (VolumeExpand, Volume),
+    f"{PREFIX}.volume.retype": (VolumeRetype, Volume),
     f"{PREFIX}.volume.delete": (ById, Empty),
     f"{PREFIX}.volume.locate": (ById, VolumeLocation),
     f"{PREFIX}.snapshot.create": (SnapshotCreate, Snapshot),
@@ -292,6 +302,7 @@ EVENTS: dict[tuple[str, str], type[Reply]] = {
     ("volume", "created"): Volume,
     ("volume", "create_failed"): Volume,
     ("volume", "expanded"): Volume,
+    ("volume", "retyped"): VolumeRetyped,
     ("volume", "deleted"): Volume,
     ("snapshot", "created"): Snapshot,
     ("snapshot", "deleted"): Snapshot,

@@ -71,3 +71,14 @@ async def place(session: AsyncSession, volume_id: str, cluster_id: str, zone: st
 async def insert_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Several volumes in one statement (rows with the same keys)."""
     await session.execute(t.volumes.insert(), rows)
+
+
+async def retype(session: AsyncSession, volume_id: str, status: str, was: str, to: str) -> Row[Any] | None:
+    """Change the type of a volume last seen in `status` with type `was`: the row as it now
+    is, or None when it has moved on meanwhile."""
+    stmt = (
+        update(t.volumes)
+        .where(v.id == volume_id, v.status == status, v.volume_type == was)
+        .values(volume_type=to, updated_at=now())
+    )
+    return (await session.execute(stmt.returning(*t.volumes.c))).first()
