@@ -31,7 +31,7 @@ async def test_retype_in_place_with_its_event_once(prov: Provisioner) -> None:
     vol = await create_volume(prov, prov.tenants.a, "db-0", 2)
     data_file = prov.settings.data_dir / "clusters" / "local" / "volumes" / f"{vol['id']}.img"
     before = data_file.stat()
-    async with EventTap(prov.bus.nc, f"berth.events.{prov.tenants.tenant_a}.volume.>") as tap:
+    async with EventTap(prov.bus.nc, f"berth.events.{prov.tenants.tenant_a}.volume.retyped") as tap:
         r = await prov.http.post(f"{VOLUMES}/{vol['id']}/retype", json={"volume_type": "gold"}, headers=h)
         assert r.status_code == 200, r.text
         assert (r.json()["volume_type"], r.json()["status"], r.json()["cluster_id"]) == (

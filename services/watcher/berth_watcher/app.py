@@ -79,7 +79,8 @@ def create_app(settings: WatcherSettings) -> FastAPI:
         )
         await consumer.start()
         app.state.consumer = consumer
-        rt.background.append(asyncio.create_task(svc.scheduler.loop(), name="watcher-scheduler"))
+        app.state.scheduler = asyncio.create_task(svc.scheduler.loop(), name="watcher-scheduler")
+        rt.background.append(app.state.scheduler)
         loop = asyncio.get_running_loop()
         pending: set[str] = set()
         tasks: set[asyncio.Task[None]] = set()
@@ -115,6 +116,10 @@ def create_app(settings: WatcherSettings) -> FastAPI:
         stop_watch.set()
         await app.state.consumer.stop()
         svc: Watcher = app.state.watcher
+        # The jobs stop before their backends close: a job still running would reopen a
+        # closed Ceph connection (never closed again) or use one being shut down.
+        app.state.scheduler.cancel()
+        await asyncio.gather(app.state.scheduler, return_exceptions=True)
         await svc.core.sources.backends.close()
         for cluster in svc.core.sources.kube:
             cluster.close()

@@ -133,10 +133,11 @@ async def test_file_volume_limits_applied_enforced_repaired_and_resized(
         assert not state["enforced"] and "not attached" in state["detail"]
 
         with attached(st.volume_file(vol["id"])) as device:
-            # Attached since the last run: the next run puts the limits on the loop device.
-            run = await st.run("qos")
-            assert [a["target"] for a in actions(run, "qos_apply")] == [vol["id"]], run["actions"]
+            # Attached since the last run: the next run puts the limits on the loop device, as
+            # an apply (a new place), not as a drift.
+            await st.run("qos")
             assert held(throttle, device) == {"write_iops": 120, "read_bps": 20_000_000}
+            assert not st.events.of("qos.drift_repaired.v1", volume_id=vol["id"])
             state = await qos_of(st, vol["id"])
             assert state["enforced"] and device in state["detail"]
             assert state["applied"] == {"write_iops": 120, "read_bps": 20_000_000}

@@ -152,6 +152,11 @@ class CephConnection:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._client: Any = None
+        # Calls running on the client: `close` waits for them. A client shut down under a
+        # call in flight hangs that call for good (and the interpreter's exit with it), or
+        # crashes the process.
+        self._idle = threading.Condition()
+        self._inflight = 0
 
     def client(self) -> Any:
         with self._lock:
@@ -174,20 +179,31 @@ class CephConnection:
                 client.shutdown()
 
     def close(self) -> None:
+        """Shut the client down once the calls in flight are over (each is bounded by the
+        client's own timeouts; after twice the command timeout it is shut down anyway)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=2 * self.timeout_s)
         self.reset()
 
     def run(self, fn: Callable[[Any], T], what: str) -> T:
         """Call fn(client); on ESHUTDOWN (our client was blocklisted) reconnect once."""
-        for attempt in (1, 2):
-            client = self.client()
-            try:
-                return fn(client)
-            except Exception as exc:
-                if is_errno(exc, errno.ESHUTDOWN) and attempt == 1:
-                    self.reset()
-                    continue
-                raise map_error(exc, what) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        with self._idle:
+            self._inflight += 1
+        try:
+            for attempt in (1, 2):
+                client = self.client()
+                try:
+                    return fn(client)
+                except Exception as exc:
+                    if is_errno(exc, errno.ESHUTDOWN) and attempt == 1:
+                        self.reset()
+                        continue
+                    raise map_error(exc, what) from exc
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
 
     # JSON commands: `ret, outbuf, outs` -> parsed output, or a mapped error.
     def command(self, target: str, cmd: dict[str, Any], inbuf: bytes = b"", *, ok: Iterable[int] = ()) -> Any:
