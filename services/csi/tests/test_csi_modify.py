@@ -5,7 +5,7 @@ bad parameters are INVALID_ARGUMENT, an unknown volume NOT_FOUND."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,7 @@ from watcher_harness import ON_DEMAND
 from berth_csi.pb import csi
 from berth_shared.backends import blkio
 from berth_shared.node import host
-from berth_shared.settings import Settings
-from berth_testing import Tenants, eventually, loop_skip_reason, running
+from berth_testing import MakeSettings, Tenants, eventually, loop_skip_reason, running
 from berth_watcher.app import create_app as watcher_app
 from berth_watcher.config import WatcherSettings
 
@@ -45,9 +44,9 @@ async def with_types(st: CsiStack) -> None:
 
 
 @asynccontextmanager
-async def with_watcher(make_settings: Callable[..., Settings], st: CsiStack) -> AsyncIterator[httpx.AsyncClient]:
+async def with_watcher(make_settings: MakeSettings, st: CsiStack) -> AsyncIterator[httpx.AsyncClient]:
     """The watcher beside the CSI stack, with a QoS policy for each type."""
-    settings = make_settings("watcher", WatcherSettings, **ON_DEMAND, tick_s=0.1)
+    settings = make_settings(WatcherSettings, **ON_DEMAND, tick_s=0.1)
     async with AsyncExitStack() as es:
         watcher = await es.enter_async_context(running(watcher_app(settings), st.tenants.admin))
         for vtype, policy in POLICIES.items():
@@ -61,7 +60,7 @@ def modify(volume_id: str, **params: str) -> Any:
 
 
 async def test_modify_volume_changes_its_class_and_limits_in_place(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
 ) -> None:
     if why := loop_skip_reason():
         pytest.skip(why)
@@ -102,9 +101,7 @@ async def test_modify_volume_changes_its_class_and_limits_in_place(
             await teardown(st, vid, staging, target)
 
 
-async def test_modify_volume_refuses_bad_input(
-    make_settings: Callable[..., Settings], tenants: Tenants, tmp_path: Path
-) -> None:
+async def test_modify_volume_refuses_bad_input(make_settings: MakeSettings, tenants: Tenants, tmp_path: Path) -> None:
     async with csi_stack(make_settings, tenants, tmp_path) as st:
         await with_types(st)
         vid = (await st.create("pvc-bad-modify")).volume_id
