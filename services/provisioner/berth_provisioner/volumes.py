@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
@@ -58,14 +58,13 @@ class NewVolume:
         return int(self.row["size_gib"])
 
 
-K = TypeVar("K")
-
-
-def _grouped(items: list[NewVolume], key: Callable[[NewVolume], K]) -> dict[K, list[NewVolume]]:
-    groups: dict[K, list[NewVolume]] = {}
+def _grouped(items: list[NewVolume], key: Callable[[NewVolume], str]) -> list[tuple[str, list[NewVolume]]]:
+    """The items by key, in key order: every transaction that updates several quota (or
+    cluster) rows locks them in the same order, so two of them cannot deadlock."""
+    groups: dict[str, list[NewVolume]] = {}
     for item in items:
         groups.setdefault(key(item), []).append(item)
-    return groups
+    return sorted(groups.items())
 
 
 @dataclass(frozen=True)
@@ -184,13 +183,13 @@ class Volumes:
         await repo.operations.insert_many(s, [n.op for n in batch])
         # The rows every create of the tenant (and on the cluster) updates come last:
         # their locks are held from here to the commit, no longer.
-        for tenant, group in _grouped(batch, lambda n: str(n.row["tenant"])).items():
+        for tenant, group in _grouped(batch, lambda n: str(n.row["tenant"])):
             gib = sum(n.size_gib for n in group)
             await repo.accounting.reserve_quota(s, tenant, len(group), gib, self.ctx.default_quota)
         if len(batch) == 1:
             await self._take_room(s, batch[0].volume_id, batch[0].size_gib, batch[0].ranked)
             return [None]
-        for cluster_id, group in _grouped(batch, lambda n: n.ranked[0].id).items():
+        for cluster_id, group in _grouped(batch, lambda n: n.ranked[0].id):
             gib = sum(n.size_gib for n in group)
             if not await repo.accounting.take_room(s, cluster_id, gib, len(group), active_only=True):
                 raise ResourceExhausted("the cluster has no room for the whole batch", reason="no_valid_cluster")

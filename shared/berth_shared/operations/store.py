@@ -59,10 +59,12 @@ class OperationStore:
         """Extend `me`'s leases on these operations; the ones still pending and held by
         someone else (taken over: `me`'s lease had lapsed) come back, to be stopped here."""
         c = self._c
+        # SKIP LOCKED: a row another transaction holds is being closed (a finish marks
+        # several operations done in one transaction): waiting for it could deadlock
+        # with that transaction, and it needs no renewal. (SQLite: no row locks to skip.)
+        held = select(c.id).where(c.id.in_(op_ids), c.state == PENDING, c.owner == me).with_for_update(skip_locked=True)
         async with self.db.transaction() as s:
-            res = await s.execute(
-                update(self.table).where(c.id.in_(op_ids), c.state == PENDING, c.owner == me).values(lease_until=until)
-            )
+            res = await s.execute(update(self.table).where(c.id.in_(held.scalar_subquery())).values(lease_until=until))
             if affected(res) == len(op_ids):
                 return set()
             q = select(c.id).where(c.id.in_(op_ids), c.state == PENDING, c.owner != me)
