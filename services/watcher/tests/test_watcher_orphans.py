@@ -117,7 +117,8 @@ async def test_every_orphan_kind_is_found_reported_and_published(
         for f in found:
             opened = await st.events.wait("finding.opened.v1", id=f["id"])
             assert len(opened) == 1, f
-            assert opened[0]["data"]["summary"] == f["summary"]
+            # (Its summary may have been refreshed since: a run that saw the leak's file half written.)
+            assert (opened[0]["data"]["kind"], opened[0]["data"]["resource_id"]) == (f["kind"], f["resource_id"])
         without_pv = by_kind["volume_without_pv"]
         assert st.events.of("finding.opened.v1", id=without_pv["id"])[0]["berthtenant"] == tenants.tenant_a
         # A tenant sees its own findings only, an admin all.
