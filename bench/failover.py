@@ -75,6 +75,7 @@ from berth_testing.single_writer import (
     missing_markers,
     mount_point,
     node_state,
+    play_reboot,
     take_over,
     wait_node_state,
     write_marker,
@@ -276,7 +277,9 @@ async def measure(
                     f"{run.attempts} publishes)",
                     flush=True,
                 )
-            # The old holder comes back, drops its stale mount and is unfenced.
+            # The old holder comes back after a restart (a new boot id), drops its stale mount
+            # and is unfenced.
+            play_reboot(holder)
             holder.start()
             deadline = time.monotonic() + 30.0
             while not (

@@ -13,7 +13,8 @@ Checked: B's grant comes only after A's fence completed; A's writes fail from th
 (EIO); no write of A was acknowledged, or landed on the volume, after the fence or B's
 first write, and every acknowledged write of either is on the volume (a reader afterwards);
 while partitioned, A's kubelet cannot stage the volume again. Then the partition heals: A
-hears it is fenced, drops what it held and refuses to stage the volume again.
+hears it is fenced, drops what it held and refuses to stage the volume again, and it stays
+fenced (it did not restart since the fence, and no admin vouched for it) until it reboots.
 """
 
 from __future__ import annotations
@@ -244,7 +245,12 @@ async def test_partitioned_holder_is_fenced_before_the_volume_moves(
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
             await eventually(lambda: NodeState(st.a.workdir / "state").all() == [], what="node-a dropped its volumes")
             assert not mounts.is_mounted(target_a) and not mounts.is_mounted(st.a.staging_path(vid))
+            # A asked to be unfenced with what it had (nothing) and its boot id: refused, as it
+            # did not restart since the fence. It stays fenced, whatever it retries.
+            node_a_now = await st.node("node-a")
+            assert node_a_now["state"] == "fenced", node_a_now
             await _acks(writer_b, len(writer_b.read().acked) + 5)  # B undisturbed
+            assert (await st.node("node-a"))["state"] == "fenced"
 
             # The reader: both nodes' records on the volume, as B sees it.
             log_b = writer_b.stop()
@@ -257,3 +263,13 @@ async def test_partitioned_holder_is_fenced_before_the_volume_moves(
             if writer_b is not None:
                 writer_b.stop()
         await asyncio.to_thread(st.b.unpublish_and_unstage, vid)
+
+        # A reboots (a new boot id): its node service asks again and is unfenced, recorded so.
+        await asyncio.to_thread(st.a.stop)
+        st.a.boot_id_file = tmp_path / "boot_id-a"
+        st.a.boot_id_file.write_text("after-the-reboot\n")
+        await asyncio.to_thread(st.a.start)
+        back = await eventually(
+            lambda: st.node("node-a"), lambda n: n["state"] == "alive", within=15.0, what="node-a unfenced"
+        )
+        assert back["state_reason"].startswith("unfenced: restarted") and back["boot_id"] == "after-the-reboot"

@@ -38,6 +38,7 @@ from berth_testing.single_writer import (
     missing_markers,
     mount_point,
     node_state,
+    play_reboot,
     take_over,
     wait_node_state,
     write_marker,
@@ -148,8 +149,10 @@ async def test_single_writer_holds_through_failovers_under_faults(
             assert not missing, f"round {i}: {other.node_id} lacks markers {missing}"
             assert await node_state(http, admin, holder.node_id) == "fenced"
 
-            # The old holder comes back: it learns it was fenced, drops its stale mount and
-            # asks to be unfenced, which the attacher grants once it reports nothing staged.
+            # The old holder comes back after a restart: it learns it was fenced, drops its
+            # stale mount and asks to be unfenced, which the attacher grants once it reports
+            # nothing staged (and a new boot id).
+            play_reboot(holder)
             holder.start()
 
             async def back(agent: NodeAgent = holder) -> bool:

@@ -68,12 +68,11 @@ class Nodes:
                 await self.ctx.events.emit(s, SYSTEM_TENANT, "node", "registered", hb.node_id, data)
                 self.ctx.events.notify()
                 return HeartbeatReply(node_id=hb.node_id, state=N.ALIVE, fenced=False, fence_epoch=0)
-            values: dict[str, Any] = {
-                "last_heartbeat_at": now(),
-                "boot_id": hb.boot_id,
-                "staged": staged,
-                "max_volumes": hb.max_volumes,
-            }
+            values: dict[str, Any] = {"last_heartbeat_at": now(), "staged": staged, "max_volumes": hb.max_volumes}
+            if node.state not in (N.FENCING, N.FENCED):
+                # A fenced node's boot id stays the one it was fenced with: the unfence
+                # compares the node's with it to know whether the node restarted since.
+                values["boot_id"] = hb.boot_id
             if hb.zone:
                 values["zone"] = hb.zone
             # Talking again before any fence started: it was a blip, not a death.

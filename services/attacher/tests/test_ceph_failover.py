@@ -37,6 +37,7 @@ from berth_shared.node import CephClientSpec
 from berth_shared.node import ceph as node
 from berth_testing import MakeSettings, Tenants, eventually
 from berth_testing.ceph import CephCluster
+from berth_testing.single_writer import play_reboot
 
 pytestmark = pytest.mark.root
 T = TypeVar("T")
@@ -162,7 +163,8 @@ async def _failover(
     assert {x["node_id"]: x["state"] for x in atts["items"]} == {node_a: "released", node_b: "attached"}
     fence = await _fence_of(st, node_a)
 
-    # A comes back: it learns it was fenced, drops its stale mount and is unfenced.
+    # A comes back after a restart: it learns it was fenced, drops its stale mount and is unfenced.
+    play_reboot(a)
     a.start()
     await eventually(lambda: _state_is(st, node_a, "alive"), within=20, what=f"{node_a} unfenced")
     await eventually(lambda: _true(not a.fenced), within=5, what=f"{node_a} took in its unfence")

@@ -14,6 +14,7 @@ from berth_attacher.agent import NodeAgent
 from berth_shared.errors import FailedPrecondition
 from berth_shared.node import host
 from berth_testing import MakeSettings, Tenants, eventually, needs_loop
+from berth_testing.single_writer import play_reboot
 
 
 @needs_loop
@@ -59,10 +60,17 @@ async def test_dead_node_is_fenced_then_volume_moves_with_its_data(
         states = {x["node_id"]: x["state"] for x in atts["items"]}
         assert states == {"node-a": "released", "node-b": "attached"}
 
-        # node-a comes back: it learns it is fenced, drops its stale state and is unfenced.
+        # node-a comes back (its partition heals): it learns it is fenced and drops its stale
+        # state, but it stays fenced: it has not restarted since the fence.
         a.start()
+        await eventually(lambda: a.beats.unfence_refused == "node_not_restarted", what="node-a refused")
+        assert a.held == {} and await _state_is(st, "node-a", "fenced")
+        # Once it has restarted (a new boot id) its own request unfences it.
+        play_reboot(a)
         # The attacher commits the unfence before the agent has read its answer: wait for both.
         await eventually(lambda: _agent_back(st, a), what="node-a unfenced")
+        node = await st.node("node-a")
+        assert node["boot_id"] == a.boot_id and node["state_reason"].startswith("unfenced: restarted")
         assert a.held == {}
         with pytest.raises(FailedPrecondition):
             await a.publish_and_stage(vol["id"])

@@ -27,6 +27,7 @@ from attacher_harness import Stack, stack
 
 from berth_attacher.agent import NodeAgent
 from berth_testing import MakeSettings, Tenants, eventually
+from berth_testing.single_writer import play_reboot
 
 FAST = 8.0  # seconds: generous bound for what takes a few monitor passes (0.1 s each)
 
@@ -184,7 +185,8 @@ async def test_cap_fences_one_node_and_defers_the_other_until_it_is_unfenced(
         assert node["state_reason"].count("fence deferred") == 1, node["state_reason"]
         assert tap.types_about(second).count(ev("node", "fence_deferred")) == 1
 
-        # The first node comes back clean and is unfenced: the cap frees up and the second is fenced.
+        # The first node comes back clean (restarted) and is unfenced: the cap frees up and the second is fenced.
+        play_reboot(agents[first])
         agents[first].start()
         await tap.wait_type(first, ev("node", "unfenced"))
         await eventually(state_is(st, second, "fenced"), within=FAST, what="second fenced")
@@ -214,6 +216,7 @@ async def test_rate_limit_defers_and_an_admin_approval_overrides_it(
         deferred = await tap.wait_type(second, ev("node", "fence_deferred"))
         assert "limit 1" in deferred["data"]["reason"]
         # ...even with the first node unfenced: the window, not the cap, holds it.
+        play_reboot(agents[first])
         agents[first].start()
         await eventually(state_is(st, first, "alive"), within=FAST, what="first unfenced")
         await probe_passes(st)
@@ -237,7 +240,7 @@ async def test_admin_down_fences_a_live_node_at_once(
     ):
         vol = await st.volume("down")
         n = uid("n")
-        await st.agent(n)  # still heartbeating: partitioned from its workload, say
+        agent = await st.agent(n)  # still heartbeating: partitioned from its workload, say
         assert (await publish(st, tenants.a, vol["id"], n)).status_code == 201
         r = await st.att.post(
             f"/v1/nodes/{n}/down", json={"reason": "disk controller on fire"}, headers=st.h(tenants.a)
@@ -252,8 +255,15 @@ async def test_admin_down_fences_a_live_node_at_once(
         assert "disk controller on fire" in fencing["data"]["reason"]
         fenced = await tap.wait_type(n, ev("node", "fenced"), within_s=FAST)
         assert fenced["data"]["released"] == [vol["id"]]
-        # The live agent learns it is fenced, holds nothing, and is unfenced: the grant stays released.
-        await tap.wait_type(n, ev("node", "unfenced"), within_s=FAST)
+        # The live agent learns it is fenced and drops what it held, but it did not restart:
+        # it stays fenced until an admin vouches for it. The grant stays released.
+        await eventually(lambda: agent.beats.unfence_refused == "node_not_restarted", within=FAST, what="refused")
+        assert await node_state(st, n) == "fenced" and agent.held == {}
+        r = await st.att.post(f"/v1/nodes/{n}/force-unfence", headers=st.h(tenants.admin))
+        assert r.status_code == 200, r.text
+        unfenced = await tap.wait_type(n, ev("node", "unfenced"), within_s=FAST)
+        assert unfenced["data"]["by"] == "admin"
+        assert r.json()["state_reason"] == "unfenced by an admin"
         await eventually(state_is(st, n, "alive"), within=FAST, what="unfenced")
         assert [a["state"] for a in await attachments(st, volume_id=vol["id"])] == ["released"]
         other = uid("other")
@@ -271,7 +281,7 @@ async def test_out_of_service_signal_fences_at_once_and_holds_until_cleared(
     ):
         vol = await st.volume("oos")
         n = uid("n")
-        await st.agent(n)
+        agent = await st.agent(n)
         assert (await publish(st, tenants.a, vol["id"], n)).status_code == 201
         r = await st.att.post(f"/v1/nodes/{n}/status", json={"out_of_service": True}, headers=st.h(tenants.admin))
         assert r.status_code == 200, r.text
@@ -288,9 +298,11 @@ async def test_out_of_service_signal_fences_at_once_and_holds_until_cleared(
             f"/v1/nodes/{n}/unfence", json={"boot_id": "b", "staged": []}, headers=st.h(tenants.admin)
         )
         assert_problem(r, 409, "failed_precondition", "node_out_of_service")
-        # Cleared: the agent's next request unfences it, and it is not fenced again.
+        # Cleared, and the node restarted: its agent's next request unfences it, and it is
+        # not fenced again.
         r = await st.att.post(f"/v1/nodes/{n}/status", json={"out_of_service": False}, headers=st.h(tenants.admin))
         assert r.status_code == 200, r.text
+        play_reboot(agent)
         await eventually(state_is(st, n, "alive"), within=FAST, what="unfenced")
         await probe_passes(st)
         assert await node_state(st, n) == "alive"

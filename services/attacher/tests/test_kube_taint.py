@@ -21,6 +21,7 @@ from berth_attacher.kube import OUT_OF_SERVICE_KEY, KubeTainter
 from berth_shared.backends import FenceTarget
 from berth_shared.backends.file import FileBackend
 from berth_testing import MakeSettings, Tenants, eventually
+from berth_testing.single_writer import play_reboot
 
 OURS = {"key": OUT_OF_SERVICE_KEY, "value": "nodeshutdown", "effect": "NoExecute"}
 OTHER = {"key": "dedicated", "value": "db", "effect": "NoSchedule"}
@@ -185,7 +186,8 @@ async def test_taint_only_after_a_completed_fence_and_removed_after_unfence(
         assert kube.taints(n) == [OTHER, OURS]
         assert [a["state"] for a in await attachments(st, volume_id=vol["id"])] == ["released"]
 
-        # Back, clean, unfenced: the taint goes (the other one stays), recorded and evented.
+        # Back (restarted), clean, unfenced: the taint goes (the other one stays), recorded and evented.
+        play_reboot(agent)
         agent.start()
         await tap.wait_type(n, ev("node", "untainted"), within_s=FAST)
         await eventually(state_is(st, n, "alive"), within=FAST, what="unfenced")
@@ -216,6 +218,7 @@ async def test_no_taint_when_kubernetes_refuses_and_failover_goes_on(
         assert [a["state"] for a in await attachments(st, volume_id=vol["id"])] == ["released"]
         # Unfenced without a taint to remove: Kubernetes is not asked again.
         asked = len(kube.calls)
+        play_reboot(agent)
         agent.start()
         await tap.wait_type(n, ev("node", "unfenced"), within_s=FAST)
         assert len(kube.calls) == asked

@@ -1,5 +1,6 @@
 """A node whose adapter went silent is fenced; the volume moves with its data; when the
-adapter comes back it refuses to re-stage, drops its stale mounts and is unfenced."""
+adapter comes back after a reboot it refuses to re-stage, drops its stale mounts and is
+unfenced."""
 
 from __future__ import annotations
 
@@ -88,9 +89,12 @@ async def test_fenced_node_refuses_to_restage_and_cleans_up(
         )
         assert read(Path(staging2, "table.dat")) == b"committed row\n"
 
-        # node-1's adapter restarts. From its state files it knows what it held; from the
-        # attacher, that it is fenced: it refuses the stale stage, cleans up, is unfenced.
-        restarted = CsiServer(n1.server.settings)
+        # node-1 reboots and its adapter starts again (a new boot id). From its state files it
+        # knows what it held; from the attacher, that it is fenced: it refuses the stale
+        # stage, cleans up, and is unfenced (restarted and clean).
+        boot_id = tmp_path / "boot_id"
+        boot_id.write_text("after-the-reboot\n")
+        restarted = CsiServer(n1.server.settings.model_copy(update={"boot_id_file": boot_id}))
         channel = grpc.aio.insecure_channel(f"unix://{restarted.socket_path}")
         st.extra.append(NodePlugin(restarted, channel, rpc.NodeStub(channel)))
         await restarted.start()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,14 @@ async def take_over(agent: NodeAgent, volume_id: str, *, within_s: float, retry_
                 f"({attempts} attempts, {refused} refused, {unavailable} unanswered)"
             )
         await asyncio.sleep(retry_s)
+
+
+def play_reboot(agent: NodeAgent) -> None:
+    """The agent's node restarts: its kernel's boot id changes (the attacher unfences a node
+    on its own request only once it has restarted since its fence), and what the agent had
+    been refused before the restart is forgotten."""
+    agent.beats.boot_id = uuid.uuid4().hex
+    agent.beats.unfence_refused = None
 
 
 def write_marker(mount: str, name: str) -> bytes:
