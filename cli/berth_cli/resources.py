@@ -168,6 +168,20 @@ def volume_expand(
     a.show(_settle(a, "/v1/volumes", vol, "expanding", wait))
 
 
+@volumes.command("retype")
+def volume_retype(
+    volume: str,
+    volume_type: Annotated[str, typer.Option("--type", help="The volume type to move to (its cluster must serve it).")],
+    url: Url = None,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Move a volume (by name or id) to another volume type in place; the data stays, the
+    watcher applies the type's IO limits."""
+    a = api("provisioner", url, token, as_json)
+    a.show(a.call("POST", f"/v1/volumes/{seg(_volume(a, volume))}/retype", body={"volume_type": volume_type}))
+
+
 @volumes.command("delete")
 def volume_delete(volume: str, url: Url = None, token: Token = None, as_json: AsJson = False) -> None:
     """Delete a volume (by name or id) and its data."""

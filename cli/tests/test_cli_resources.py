@@ -87,6 +87,9 @@ def test_volume_and_snapshot_lifecycle(cli: Cli) -> None:
 
     grown = cli.json("volumes", "expand", "db-0", "--size", "3", token=a)
     assert (grown["size_gib"], grown["status"]) == (3, "available")
+    assert cli.json("volumes", "retype", "db-0", "--type", "standard", token=a)["volume_type"] == "standard"
+    err = cli.run("volumes", "retype", "db-0", "--type", "gold", code=2, token=a).stderr
+    assert "unknown volume type" in err and "standard" in err, err
 
     snap = cli.json("snapshots", "create", "snap-0", "--volume", "db-0", token=a)
     assert (snap["volume_id"], snap["size_gib"], snap["status"]) == (vol["id"], 3, "available")

@@ -1,11 +1,13 @@
 """The QoS job on the real Ceph fixture: a volume type's size-scaled limits become the RBD
 image's librbd config (`conf_rbd_qos_*` image metadata, read back here with the bindings),
-librbd holds a client to them, a limit changed by hand is put back and reported, and a
-resize is applied by the run its event queues."""
+librbd holds a client to them, a limit changed by hand is put back and reported, a client
+writing flat out is found at its limit from the mgr's counters, and a resize is applied by
+the run its event queues."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,21 @@ def timed_writes(ceph: CephCluster, volume_id: str, n: int) -> float:
         return time.monotonic() - start
 
 
+def write_until(ceph: CephCluster, volume_id: str, stop: threading.Event) -> None:
+    """4 KiB writes by a librbd client of the image until `stop`."""
+    rbd = ceph_bindings.rbd()
+    with ceph.client().open_ioctx(RBD_POOL) as ioctx, rbd.Image(ioctx, volume_id) as img:
+        i = 0
+        while not stop.is_set():
+            img.write(b"f" * 4096, (i % 256) * 4096)
+            i += 1
+
+
+async def _run_and_read(st: WatcherStack, volume_id: str) -> dict[str, Any]:
+    await st.run("qos")
+    return await qos_of(st, volume_id)
+
+
 async def qos_of(st: WatcherStack, volume_id: str) -> dict[str, Any]:
     resp = await st.watcher.get("/v1/qos/volumes", params={"limit": 1000}, headers=st.h())
     assert resp.status_code == 200, resp.text
@@ -94,6 +111,26 @@ async def test_rbd_volume_limits_applied_repaired_and_resized(
         assert drift["subject"] == vid and drift["data"]["tenant"] == tenants.tenant_a
         run = await st.run("qos")
         assert not [a for a in run["actions"] if a["target"] == vid], "in line again: nothing to do"
+
+        # A librbd client writing flat out is held at 20 writes/s: the mgr's per-image
+        # counters show the load, and the volume is named as running at its limit.
+        stop = threading.Event()
+        flood = threading.Thread(target=write_until, args=(ceph, vid, stop), daemon=True)
+        flood.start()
+        try:
+            hot = await eventually(
+                lambda: _run_and_read(st, vid),
+                lambda state: state["saturated"],
+                within=120,
+                every=1.0,
+                what="the volume at its write limit",
+            )
+        finally:
+            stop.set()
+            flood.join(30)
+        assert hot["load"]["write_iops"] > 0, hot["load"]
+        [finding] = [f for f in await st.findings(kind="qos_saturated") if f["resource_id"] == vid]
+        assert "write_iops" in finding["details"]["at_limit"]
 
         # Grown to 10 GiB: the volume.expanded event queues a run that applies the larger limits.
         resp = await st.prov.post(f"/v1/volumes/{vid}/expand", json={"size_gib": 10}, headers=st.h(tenants.a))
