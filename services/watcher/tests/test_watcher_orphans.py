@@ -147,8 +147,9 @@ async def test_every_orphan_kind_is_found_reported_and_published(
                 await st.events.wait("finding.resolved.v1", id=e["data"]["id"])
         # Every run is recorded, with the run's own event.
         r = await st.watcher.get("/v1/runs", params={"job": "orphans"}, headers=st.h())
-        runs = r.json()["items"]
-        assert all(x["started_at"] and x["finished_at"] for x in runs)
+        # (A PV change may have queued one more meanwhile: the finished ones.)
+        runs = [x for x in r.json()["items"] if x["status"] not in ("queued", "running")]
+        assert len(runs) >= 3 and all(x["started_at"] and x["finished_at"] for x in runs)
         for x in runs:
             await st.events.wait("watcher_run.finished.v1", id=x["id"])
 
