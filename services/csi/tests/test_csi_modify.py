@@ -29,17 +29,21 @@ POLICIES = {
     "standard": {"write_iops": {"floor": 100}},
     # 2 GiB -> 500 + 2 x 100 = 700 write IOPS
     "gold": {"write_iops": {"base": 500, "per_gib": 100, "ceiling": 5000}},
+    "silver": {"write_iops": {"base": 500, "per_gib": 100, "ceiling": 5000}},  # gold's limits
 }
 
 
 async def with_types(st: CsiStack) -> None:
-    """`gold`, served by the local cluster beside `standard`, and `archive`, served nowhere."""
+    """`gold` and `silver`, served by the local cluster beside `standard`, and `archive`,
+    served nowhere."""
     admin = st.h(st.tenants.admin)
-    for name in ("gold", "archive"):
+    for name in ("gold", "silver", "archive"):
         r = await st.prov.post("/v1/volume-types", json={"name": name}, headers=admin)
         assert r.status_code in (200, 201), r.text
     [local] = (await st.prov.get("/v1/clusters", headers=admin)).json()["items"]
-    r = await st.prov.patch(f"/v1/clusters/{local['id']}", json={"volume_types": ["standard", "gold"]}, headers=admin)
+    r = await st.prov.patch(
+        f"/v1/clusters/{local['id']}", json={"volume_types": ["standard", "gold", "silver"]}, headers=admin
+    )
     assert r.status_code == 200, r.text
 
 
@@ -93,6 +97,17 @@ async def test_modify_volume_changes_its_class_and_limits_in_place(
             r = await watcher.get("/v1/qos/volumes")
             [state] = [v for v in r.json()["items"] if v["volume_id"] == vid]
             assert (state["volume_type"], state["applied"], state["enforced"]) == ("gold", {"write_iops": 700}, True)
+            # To a class with the same limits: they stay; the record follows the type.
+            await st.controller.ControllerModifyVolume(modify(vid, type="silver"))
+
+            async def recorded_type() -> str:
+                r = await watcher.get("/v1/qos/volumes")
+                return str(next(v["volume_type"] for v in r.json()["items"] if v["volume_id"] == vid))
+
+            await eventually(recorded_type, lambda t: t == "silver", within=30, what="the silver record")
+            assert blkio.read(throttle, device).write_iops == 700
+            await st.controller.ControllerModifyVolume(modify(vid, type="gold"))
+            await eventually(recorded_type, lambda t: t == "gold", within=30, what="the gold record")
             # Retried (the sidecar does): OK, nothing changes; the data and mount never moved.
             await st.controller.ControllerModifyVolume(modify(vid, type="gold"))
             assert host.loops_backed_by(st.cluster_root / "volumes" / f"{vid}.img") == [device]

@@ -64,7 +64,8 @@ async def run(ctx: Context) -> None:
         row = state.get(v.id)
         if row is None and wanted.unlimited:
             continue  # never limited, nothing wanted: nothing to do
-        if row is None or row.wanted != wanted.as_dict() or row.size_gib != v.size_gib:
+        # Also a new size or type with the same limits: the record says what the volume is.
+        if row is None or (row.wanted, row.size_gib, row.volume_type) != (wanted.as_dict(), v.size_gib, v.volume_type):
             changes.append((v, wanted))
         found = (counters.get(v.cluster_id) or {}).get(v.id)
         if row is not None and found is not None:
