@@ -176,3 +176,24 @@ async def test_qos_on_a_real_loop_device(backend: FileBackend, attached: str) ->
     finally:
         cleared = await backend.set_qos("vol-1", QosLimits())
     assert cleared.limits == QosLimits()
+
+
+@needs_loop
+async def test_qos_in_a_named_cgroup_v2_writes_what_io_max_reads(tmp_path: Path, attached: str) -> None:
+    """cgroup v2: the limits go to the `io.max` of the cgroup the cluster config names. A
+    plain file stands in for it (hosts like this one, cgroup v1 with a v2 hierarchy without
+    the io controller, have no io.max to write): what is checked is the line the kernel
+    parses and reading it back, not enforcement (see the test above for that, on v1)."""
+    cgroup = tmp_path / "kubepods.slice"
+    cgroup.mkdir()
+    (cgroup / "io.max").write_text("")
+    v2 = FileBackend(tmp_path / "cluster", qos_cgroup=str(cgroup))
+    dev = blkio.device_number(attached)
+    state = await v2.set_qos("vol-1", QosLimits(iops=300, write_bps=MIB))
+    assert (cgroup / "io.max").read_text() == f"{dev} rbps=max wbps={MIB} riops=300 wiops=300\n"
+    assert state.enforced and "cgroup v2 io.max" in state.detail and attached in state.detail
+    assert state.limits == QosLimits(read_iops=300, write_iops=300, write_bps=MIB), "a total caps each direction"
+    assert (await v2.get_qos("vol-1")).limits == state.limits
+    cleared = await v2.set_qos("vol-1", QosLimits())
+    assert (cgroup / "io.max").read_text() == f"{dev} rbps=max wbps=max riops=max wiops=max\n"
+    assert cleared.limits == QosLimits()
