@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from berth_shared.node.heartbeat import BOOT_ID_FILE, NodeHeartbeat, read_boot_id
 
 # The heartbeat names are loaded on first use: they pull in the bus (nats), about 1 s of
-# imports (several under load), and every fence runs a child process that imports this
-# package (`python -m berth_shared.node.fsdown`), which must start in milliseconds.
+# imports (several under load), for every process that only needs the host tools.
 _LAZY = frozenset({"BOOT_ID_FILE", "NodeHeartbeat", "read_boot_id"})
 
 

@@ -20,10 +20,9 @@ stuck in the kernel fails the fence (to be retried) instead of hanging it.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from berth_shared.node import host, mounts
+from berth_shared.node import fsdown, host, mounts
 from berth_shared.node.run import run
 
 SHUTDOWN_TIMEOUT_S = 30.0
@@ -34,7 +33,7 @@ def cut_off_file(path: Path) -> list[str]:
     cut: list[str] = []
     for device in host.loops_backed_by(path):
         run("blockdev", "--setro", device, timeout=SHUTDOWN_TIMEOUT_S)
-        via = run(sys.executable, "-m", "berth_shared.node.fsdown", device, timeout=SHUTDOWN_TIMEOUT_S).stdout
+        via = run(*fsdown.command(device), timeout=SHUTDOWN_TIMEOUT_S).stdout
         if via.strip():
             cut.append(f"shutdown {via.strip()}")
         for m in sorted(mounts.mounts_of(device), key=lambda m: len(m.target), reverse=True):
