@@ -4,6 +4,8 @@ Each mutation is three steps: (1) one transaction that validates, reserves quota
 cluster room, moves the record along its lifecycle and writes an operation row; (2) the
 idempotent backend call; (3) one transaction that commits the final status with its event
 in the outbox. Steps 2 and 3 are the operation (volume_ops.py), resumed after a crash.
+Creates arriving together share the transactions of steps 1 and 3 (GroupCommit): every
+create needs the same quota and cluster rows, and one transaction at a time can hold them.
 """
 
 from __future__ import annotations
