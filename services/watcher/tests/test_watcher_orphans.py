@@ -6,12 +6,13 @@ runs decide; the inventories it reads page over the bus."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from watcher_harness import WatcherStack, watcher_stack
 
 from berth_shared.errors import PermissionDenied
-from berth_testing import MakeSettings, Tenants
+from berth_testing import MakeSettings, Tenants, eventually
 from berth_watcher.sources.inventory import BusInventory
 
 
@@ -164,3 +165,35 @@ async def test_a_grace_period_and_a_second_sighting_before_a_finding(
             assert await st.findings(kind="volume_without_pv") == [], "a new volume waits out its grace"
         assert st.events.of("finding.opened.v1") == []
         assert young["id"]
+
+
+async def test_stale_grants_unpublished_by_policy_unless_kubernetes_holds_them(
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path
+) -> None:
+    async with watcher_stack(make_settings, tenants, tmp_path, action_stale_attachment="unpublish") as st:
+        k = st.kube
+        k.add_node("node-1")
+        await st.node("node-1")
+        stale, held = await st.volume("stale"), await st.volume("held")
+        for name, vol in (("stale", stale), ("held", held)):
+            k.add_pv(f"pv-{name}", vol["id"], claim=("apps", name))
+            k.add_pvc("apps", name, f"pv-{name}")
+            await st.publish(vol["id"], "node-1")
+        # No pod uses either claim; Kubernetes still has a VolumeAttachment for one of them.
+        k.add_volume_attachment("va-held", "pv-held", "node-1")
+
+        async def grants(vid: str) -> list[dict[str, Any]]:
+            r = await st.att.get("/v1/attachments", params={"volume_id": vid}, headers=st.h())
+            assert r.status_code == 200, r.text
+            return list(r.json()["items"])
+
+        async def unpublished() -> list[dict[str, Any]]:
+            await st.run("orphans")
+            return await grants(stale["id"])
+
+        await eventually(unpublished, lambda found: found == [], within=30, what="the stale grant unpublished")
+        resolved = await st.events.wait("finding.resolved.v1", kind="stale_attachment")
+        assert resolved[0]["data"]["resolution"] == "unpublished by the watcher"
+        assert [g["node_id"] for g in await grants(held["id"])] == ["node-1"], "Kubernetes still holds it"
+        kept = await st.finding_of("stale_attachment", (await grants(held["id"]))[0]["id"])
+        assert kept["details"]["volume_attachment"] is True and "VolumeAttachment" in kept["advice"]
