@@ -174,13 +174,14 @@ async def test_stale_grants_unpublished_by_policy_unless_kubernetes_holds_them(
         k = st.kube
         k.add_node("node-1")
         await st.node("node-1")
+        # No pod uses either claim; Kubernetes has a VolumeAttachment for one of them (made
+        # first: with no grace, any run after its grant must see it).
+        k.add_volume_attachment("va-held", "pv-held", "node-1")
         stale, held = await st.volume("stale"), await st.volume("held")
         for name, vol in (("stale", stale), ("held", held)):
             k.add_pv(f"pv-{name}", vol["id"], claim=("apps", name))
             k.add_pvc("apps", name, f"pv-{name}")
             await st.publish(vol["id"], "node-1")
-        # No pod uses either claim; Kubernetes still has a VolumeAttachment for one of them.
-        k.add_volume_attachment("va-held", "pv-held", "node-1")
 
         async def grants(vid: str) -> list[dict[str, Any]]:
             r = await st.att.get("/v1/attachments", params={"volume_id": vid}, headers=st.h())
