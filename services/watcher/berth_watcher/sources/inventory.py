@@ -9,13 +9,12 @@ librados connection.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from berth_shared.backends import Backend, build_backend
+from berth_shared.backends import Backend, BackendCache
 from berth_shared.bus import Bus
 from berth_shared.messages.attacher import PREFIX as ATTACHER
 from berth_shared.messages.attacher import AttachmentList
@@ -100,18 +99,14 @@ class BusInventory:
 
 
 class Backends:
-    """One backend per storage cluster, built on first use and kept."""
+    """One backend per storage cluster, built on first use and kept (the services' shared
+    cache: a changed config builds a new one)."""
 
-    def __init__(self, build: Callable[[str, dict[str, Any]], Backend] = build_backend) -> None:
-        self._build = build
-        self._made: dict[str, tuple[str, Backend]] = {}
+    def __init__(self) -> None:
+        self._cache = BackendCache()
 
     def of(self, cluster: Cluster) -> Backend:
-        fingerprint = cluster.backend + json.dumps(cluster.config, sort_keys=True)
-        held = self._made.get(cluster.id)
-        if held is None or held[0] != fingerprint:
-            self._made[cluster.id] = (fingerprint, self._build(cluster.backend, cluster.config))
-        return self._made[cluster.id][1]
+        return self._cache.get(cluster.id, cluster.backend, cluster.config)
 
     async def inventory(self, cluster: Cluster) -> tuple[list[BackendObject] | None, SourceReport]:
         async def read() -> tuple[list[BackendObject], int, int]:
@@ -127,14 +122,7 @@ class Backends:
         return await timed(f"backend/{cluster.name}", read)
 
     async def close(self) -> None:
-        made, self._made = list(self._made.values()), {}
-        for _fingerprint, backend in made:
-            close = getattr(backend, "close", None)
-            if close is not None:
-                try:
-                    await close()
-                except Exception as exc:
-                    log.warning("closing a %s backend: %s", backend.kind, exc)
+        await self._cache.close()
 
 
 async def gather_limited(calls: list[Callable[[], Awaitable[T]]], limit: int = 4) -> list[T]:
