@@ -4,7 +4,7 @@ runner, one backend per cluster and the clusters' capacity as last probed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,21 +20,23 @@ from berth_shared.operations import OperationRunner
 GIB = 1024**3
 
 
-class Finished:
-    """Rows a finishing transaction has just written (RETURNING), for a caller waiting in
-    this process: it answers from the row instead of reading it back. Bounded: rows nobody
-    takes (the caller gave up waiting; an operation resumed after a restart) go oldest first."""
+class Handoff:
+    """Volume rows one step has just committed, for the next step in this process, which
+    then needs no read back: the create's recorded row for its backend step, the finished
+    row (RETURNING) for the caller waiting to answer. Bounded: rows nobody takes (the caller
+    gave up waiting; an attempt that failed) go oldest first, and a step that finds none
+    reads the row as before."""
 
     def __init__(self, limit: int = 1024) -> None:
         self.limit = limit
-        self._rows: dict[str, Row[Any]] = {}
+        self._rows: dict[str, Mapping[str, Any]] = {}
 
-    def put(self, key: str, row: Row[Any]) -> None:
+    def put(self, key: str, row: Mapping[str, Any]) -> None:
         self._rows[key] = row
         while len(self._rows) > self.limit:
             self._rows.pop(next(iter(self._rows)))
 
-    def take(self, key: str) -> Row[Any] | None:
+    def take(self, key: str) -> Mapping[str, Any] | None:
         return self._rows.pop(key, None)
 
 
@@ -47,7 +49,8 @@ class Context:
     default_quota: tuple[int, int]
     backends: BackendCache = field(default_factory=BackendCache)
     capacity: CapacityCache = field(default_factory=CapacityCache)
-    finished: Finished = field(default_factory=Finished)
+    recorded: Handoff = field(default_factory=Handoff)
+    finished: Handoff = field(default_factory=Handoff)
 
     def backend_of(self, cluster: Row[Any]) -> Backend:
         """The backend for a cluster row (no DB access: safe inside a transaction)."""

@@ -45,25 +45,31 @@ class VolumeOps:
     # -- create --------------------------------------------------------------------
 
     async def create_do(self, op: dict[str, Any]) -> None:
-        vol = await self._volume_in(op, V.CREATING)
+        # A create this replica has just recorded comes with its row as committed (nothing
+        # but this operation moves a creating volume): no read back. Else, read it.
+        vol = self.ctx.recorded.take(op["params"]["volume_id"])
         if vol is None:
-            return
-        backend = await self.ctx.backend_for(vol.cluster_id)
-        size = vol.size_gib * GIB
+            row = await self._volume_in(op, V.CREATING)
+            if row is None:
+                return
+            vol = dict(row._mapping)
+        vid, tenant = vol["id"], vol["tenant"]
+        backend = await self.ctx.backend_for(vol["cluster_id"])
+        size = vol["size_gib"] * GIB
         # The tenant goes along: CephFS keeps each tenant's volumes in its own subvolume group.
-        if vol.source_snapshot_id:
-            await backend.create_volume_from_snapshot(vol.id, vol.source_snapshot_id, size, tenant=vol.tenant)
-        elif vol.source_volume_id:
-            await backend.clone_volume(vol.id, vol.source_volume_id, size, tenant=vol.tenant)
+        if vol["source_snapshot_id"]:
+            await backend.create_volume_from_snapshot(vid, vol["source_snapshot_id"], size, tenant=tenant)
+        elif vol["source_volume_id"]:
+            await backend.clone_volume(vid, vol["source_volume_id"], size, tenant=tenant)
         else:
-            await backend.create_volume(vol.id, size, tenant=vol.tenant)
+            await backend.create_volume(vid, size, tenant=tenant)
         checkpoint("volume.create.after_backend")
 
     async def create_finish(self, op: dict[str, Any]) -> bool:
         # Creates finishing together share one transaction (and its commit).
         vol = await self._finisher.submit(op)
         if vol is not None:
-            self.ctx.finished.put(vol.id, vol)
+            self.ctx.finished.put(vol.id, dict(vol._mapping))
         self.ctx.events.notify()
         return True
 

@@ -149,7 +149,7 @@ class Volumes:
         if req.source_snapshot_id is None and req.source_volume_id is None:
             new = self._new_volume(p.tenant, req, self._rank(p.tenant, req, clusters, free))
             await self._recorder.submit(new)
-            return Started(new.volume_id, new.op)
+            return self._started(new)
         # From a source: checked, and placed on the source's cluster, in the transaction.
         async with self.ctx.db.transaction() as s:
             pinned = await self._source_cluster(s, p, req)
@@ -157,6 +157,10 @@ class Volumes:
                 p.tenant, req, self._rank(p.tenant, req, [r for r in clusters if r.id == pinned], free)
             )
             await self._record(s, [new])
+        return self._started(new)
+
+    def _started(self, new: NewVolume) -> Started:
+        self.ctx.recorded.put(new.volume_id, new.row)  # for the backend step: no read back
         return Started(new.volume_id, new.op)
 
     def _new_volume(self, tenant: str, req: VolumeCreate, ranked: list[ClusterView]) -> NewVolume:
@@ -189,7 +193,7 @@ class Volumes:
             gib = sum(n.size_gib for n in group)
             await repo.accounting.reserve_quota(s, tenant, len(group), gib, self.ctx.default_quota)
         if len(batch) == 1:
-            await self._take_room(s, batch[0].volume_id, batch[0].size_gib, batch[0].ranked)
+            await self._take_room(s, batch[0])
             return [None]
         for cluster_id, group in _grouped(batch, lambda n: n.ranked[0].id):
             gib = sum(n.size_gib for n in group)
@@ -230,14 +234,15 @@ class Volumes:
                 str(exc), reason="no_valid_cluster", rejections=[r.__dict__ for r in exc.rejections]
             ) from exc
 
-    async def _take_room(self, s: AsyncSession, volume_id: str, size_gib: int, ranked: list[ClusterView]) -> None:
+    async def _take_room(self, s: AsyncSession, new: NewVolume) -> None:
         """Room on the best cluster that still has it; the volume moves there if that is
         not the one it was recorded on (the first ranked)."""
-        for view in ranked:
+        for view in new.ranked:
             # Conditional: concurrent creates cannot push a cluster past its limit.
-            if await repo.accounting.take_room(s, view.id, size_gib, 1, active_only=True):
-                if view.id != ranked[0].id:
-                    await repo.volumes.place(s, volume_id, view.id, view.zone)
+            if await repo.accounting.take_room(s, view.id, new.size_gib, 1, active_only=True):
+                if view.id != new.row["cluster_id"]:
+                    await repo.volumes.place(s, new.volume_id, view.id, view.zone)
+                    new.row.update(cluster_id=view.id, zone=view.zone)
                 return
         raise ResourceExhausted("storage clusters filled up while placing the volume; retry", reason="no_valid_cluster")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Row, select, update
@@ -16,8 +17,8 @@ from berth_shared.messages.provisioner import Volume
 v = t.volumes.c
 
 
-def out(row: Row[Any]) -> Volume:
-    return Volume.model_validate(row._mapping, from_attributes=False)
+def out(row: Row[Any] | Mapping[str, Any]) -> Volume:
+    return Volume.model_validate(row._mapping if isinstance(row, Row) else row, from_attributes=False)
 
 
 async def by_id(session: AsyncSession, tenant: str | None, volume_id: str, *, lock: bool = False) -> Row[Any] | None:
