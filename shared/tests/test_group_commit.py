@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth_shared.db import Database, affected, make_database
-from berth_shared.db.group_commit import GroupCommit
+from berth_shared.db import Database, GroupCommit, affected, make_database
 
 metadata = MetaData()
 items = Table("items", metadata, Column("name", String(64), primary_key=True))

@@ -14,7 +14,7 @@ from berth_provisioner import repo
 from berth_provisioner.context import GIB, Context
 from berth_provisioner.lifecycle import VolumeStatus
 from berth_shared.backends import BackendError
-from berth_shared.db.group_commit import GroupCommit
+from berth_shared.db import GroupCommit
 from berth_shared.faults import checkpoint
 
 log = logging.getLogger(__name__)

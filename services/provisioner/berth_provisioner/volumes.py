@@ -25,7 +25,7 @@ from berth_provisioner.operations import new_operation
 from berth_provisioner.placement import ClusterView, NoValidCluster, PlacementRequest, rank
 from berth_provisioner.volume_types import require_known
 from berth_shared.auth import Principal
-from berth_shared.db.group_commit import GroupCommit
+from berth_shared.db import GroupCommit
 from berth_shared.errors import (
     Aborted,
     AlreadyExists,

@@ -4,6 +4,7 @@ The public surface of the DB layer: services import from `berth_shared.db`, neve
 """
 
 from berth_shared.db.engine import Database, affected, insert_ignore, make_database
+from berth_shared.db.group_commit import GroupCommit
 from berth_shared.db.migrate import run_env
 from berth_shared.db.outbox import EventWriter, OutboxRelay
 from berth_shared.db.tables import BusTables, UTCDateTime, add_bus_tables, timestamp
@@ -12,6 +13,7 @@ __all__ = [
     "BusTables",
     "Database",
     "EventWriter",
+    "GroupCommit",
     "OutboxRelay",
     "UTCDateTime",
     "add_bus_tables",
