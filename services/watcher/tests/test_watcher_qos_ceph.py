@@ -70,6 +70,32 @@ async def _run_and_read(st: WatcherStack, volume_id: str) -> dict[str, Any]:
     return await qos_of(st, volume_id)
 
 
+async def quiet(st: WatcherStack, volume_events: int) -> None:
+    """The tenant's first `volume_events` volume events are in the stream and consumed by the
+    watcher, and no QoS run is queued or running: from now on, the runs the test asks for
+    are the only ones."""
+    stream, subjects = st.settings.events_stream, f"berth.events.{st.tenants.tenant_a}.volume.>"
+
+    async def stored() -> int:
+        info = await st.bus.js.stream_info(stream, subjects_filter=subjects)
+        return sum((info.state.subjects or {}).values())
+
+    await eventually(stored, lambda n: n >= volume_events, within=30, what=f"{volume_events} volume events")
+    durable = f"watcher-volumes-{st.settings.schema_name}"
+
+    async def consumed() -> bool:
+        info = await st.bus.js.consumer_info(stream, durable)
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+    await eventually(consumed, within=30, what="the watcher's volume events consumed")
+
+    async def idle() -> bool:
+        r = await st.watcher.get("/v1/runs", params={"job": "qos"}, headers=st.h())
+        return all(x["status"] not in ("queued", "running") for x in r.json()["items"])
+
+    await eventually(idle, within=60, what="no QoS run queued or running")
+
+
 async def qos_of(st: WatcherStack, volume_id: str) -> dict[str, Any]:
     resp = await st.watcher.get("/v1/qos/volumes", params={"limit": 1000}, headers=st.h())
     assert resp.status_code == 200, resp.text
@@ -137,3 +163,33 @@ async def test_rbd_volume_limits_applied_repaired_and_resized(
         assert resp.status_code == 200, resp.text
         grown = {"iops": 600, "write_iops": 60, "bps": 80_000_000}
         await eventually(lambda: qos_metadata(ceph, vid) == grown, within=30, what="the 10 GiB limits")
+
+
+async def test_drift_checks_take_turns_oldest_first(
+    make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
+) -> None:
+    """With room for one read-back per run, each run checks the volume checked longest ago,
+    so every volume's drift is found within as many runs as there are volumes."""
+    async with watcher_stack(make_settings, tenants, tmp_path, qos_drift_checks_per_run=1) as st:
+        await register_ceph(st.prov, tenants.admin, ceph, "rbd", name=f"ceph-{tmp_path.name[-12:]}")
+        resp = await st.watcher.put("/v1/qos/policies/ceph-rbd", json=POLICY, headers=st.h())
+        assert resp.status_code == 200, resp.text
+        a = (await st.volume("turn-a", volume_type="ceph-rbd"))["id"]
+        b = (await st.volume("turn-b", volume_type="ceph-rbd"))["id"]
+        await quiet(st, volume_events=2)
+        assert all(qos_metadata(ceph, v).get("write_iops") == 20 for v in (a, b))
+
+        async def repaired() -> list[str]:
+            run = await st.run("qos")
+            return [x["target"] for x in run["actions"] if x["kind"] == "qos_repair"]
+
+        for vid in (a, b):
+            set_metadata(ceph, vid, "conf_rbd_qos_write_iops_limit", "999")
+        first, second = await repaired(), await repaired()
+        assert sorted(first + second) == sorted([a, b]) and len(first) == len(second) == 1, (first, second)
+        # The next run finds the first one in line again (and says it was checked now) ...
+        assert await repaired() == []
+        # ... so a drift of it waits for the other's turn, then is found.
+        set_metadata(ceph, first[0], "conf_rbd_qos_write_iops_limit", "999")
+        assert await repaired() == []
+        assert await repaired() == first

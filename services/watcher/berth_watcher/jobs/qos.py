@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from berth_shared.backends import IoCounters, QosLimits, QosState
 from berth_shared.errors import BerthError
@@ -58,6 +58,7 @@ async def run(ctx: Context) -> None:
     live = [v for v in volumes if v.status in ("available", "expanding") and v.cluster_id in by_cluster]
     observations: list[Observation] = []
     changes: list[tuple[Volume, QosLimits]] = []
+    loads: list[dict[str, Any]] = []
     for v in live:
         policy = wanted_by_type.get(v.volume_type)
         wanted = qos.limits_for(policy, v.size_gib)
@@ -73,9 +74,10 @@ async def run(ctx: Context) -> None:
             rates = qos.load(qos.Sample.from_json(row.sample) if row.sample else None, sample)
             limits = QosLimits.from_dict(row.applied)
             hot = qos.at_limit(rates, limits, policy.saturation_pct if policy else 90.0) if row.enforced else {}
-            await _store_load(ctx, v.id, sample, rates, bool(hot))
+            loads.append({"vid": v.id, "s_sample": sample.to_json(), "s_load": rates, "s_saturated": bool(hot)})
             if hot:
                 observations.append(_saturated(v, hot, rates))
+    await _store_loads(ctx, loads)
     evaluated = {f"qos_saturated:{cid}" for cid, found in counters.items() if found is not None}
     sightings, open_findings = await store.load_state(ctx.db, ["qos_saturated"])
     p = plan(observations, evaluated, sightings, open_findings, at, ctx.settings.grace)
@@ -108,15 +110,18 @@ def _saturated(v: Volume, hot: dict[str, str], rates: dict[str, float] | None) -
     )
 
 
-async def _store_load(
-    ctx: Context, volume_id: str, sample: qos.Sample, rates: dict[str, float] | None, hot: bool
-) -> None:
+async def _store_loads(ctx: Context, loads: list[dict[str, Any]]) -> None:
+    """Every measured volume's sample, rates and saturation: one statement for them all."""
+    if not loads:
+        return
+    c = t.qos_state.c
+    stmt = (
+        update(t.qos_state)
+        .where(c.volume_id == bindparam("vid"))
+        .values(sample=bindparam("s_sample"), load=bindparam("s_load"), saturated=bindparam("s_saturated"))
+    )
     async with ctx.db.transaction() as s:
-        await s.execute(
-            update(t.qos_state)
-            .where(t.qos_state.c.volume_id == volume_id)
-            .values(sample=sample.to_json(), load=rates, saturated=hot)
-        )
+        await s.execute(stmt, loads)
 
 
 async def _record(ctx: Context, v: Volume, wanted: QosLimits, held: QosState, at: datetime) -> None:
@@ -167,6 +172,7 @@ async def _check_drift(
     async with ctx.db.sessions() as s:
         q = select(t.qos_state).order_by(t.qos_state.c.checked_at.asc().nulls_first())
         rows = [r for r in (await s.execute(q)).all() if r.volume_id in live and r.volume_id not in just_applied]
+    in_line: list[str] = []
     for row in rows[:budget]:
         v = live[row.volume_id]
         backend = ctx.sources.backends.of(clusters[v.cluster_id])
@@ -176,10 +182,7 @@ async def _check_drift(
             ctx.result.act("qos_check", v.id, "failed", exc.detail)
             continue
         if held == QosState(QosLimits.from_dict(row.applied), row.enforced, row.detail):
-            async with ctx.db.transaction() as s:
-                await s.execute(
-                    update(t.qos_state).where(t.qos_state.c.volume_id == v.id).values(checked_at=store.now())
-                )
+            in_line.append(v.id)
             continue
         wanted = QosLimits.from_dict(row.wanted)
         if not (row.enforced and held.detail == row.detail):
@@ -201,6 +204,14 @@ async def _check_drift(
         ctx.events.notify()
         ctx.result.act("qos_repair", v.id, "done", f"found {held.limits.as_dict()}, put back {wanted.as_dict()}")
         ctx.metrics.actions.labels("qos_repair", "done").inc()
+    # The volumes found as they were: checked now (a few statements, not one per volume).
+    if not in_line:
+        return
+    at = store.now()
+    async with ctx.db.transaction() as s:
+        for i in range(0, len(in_line), 500):
+            chunk = in_line[i : i + 500]
+            await s.execute(update(t.qos_state).where(t.qos_state.c.volume_id.in_(chunk)).values(checked_at=at))
 
 
 async def _forget(ctx: Context, existing: set[str]) -> None:
