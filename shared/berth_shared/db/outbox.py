@@ -84,7 +84,7 @@ class OutboxRelay:
         replicas may then publish the same row; `Nats-Msg-Id` makes JetStream keep one.
         """
         ob = self.tables.outbox
-        async with self.db.sessions() as session:
+        async with self.db.reads() as session:  # one statement: no transaction around it
             query = select(ob.c.seq, ob.c.event_id, ob.c.subject, ob.c.payload).where(ob.c.published_at.is_(None))
             rows = (await session.execute(query.order_by(ob.c.seq).limit(batch))).all()
         if not rows:
