@@ -1,6 +1,6 @@
-"""Host helpers of the QoS tests: the cgroup files read and changed behind the backend's
-back, a volume's file on a loop device as a node's stage makes it, and a writer that
-floods a device (a nightly backup)."""
+"""Helpers of the QoS tests: the cgroup files read and changed behind the backend's back, a
+volume's file on a loop device as a node's stage makes it, a writer that floods a device (a
+nightly backup), and a watcher brought to rest (no run but the test's own)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from watcher_harness import WatcherStack
 
 from berth_shared.backends import blkio
 from berth_shared.node import host
+from berth_testing import eventually
 
 
 def throttle_or_skip() -> blkio.Throttle:
@@ -84,3 +86,29 @@ def writer(device: str) -> Iterator[list[int]]:
     finally:
         stop.set()
         thread.join(10)
+
+
+async def quiet(st: WatcherStack, volume_events: int) -> None:
+    """The tenant's first `volume_events` volume events are in the stream and consumed by the
+    watcher, and no QoS run is queued or running: from now on, the runs the test asks for
+    are the only ones."""
+    stream, subjects = st.settings.events_stream, f"berth.events.{st.tenants.tenant_a}.volume.>"
+
+    async def stored() -> int:
+        info = await st.bus.js.stream_info(stream, subjects_filter=subjects)
+        return sum((info.state.subjects or {}).values())
+
+    await eventually(stored, lambda n: n >= volume_events, within=30, what=f"{volume_events} volume events")
+    durable = f"watcher-volumes-{st.settings.schema_name}"
+
+    async def consumed() -> bool:
+        info = await st.bus.js.consumer_info(stream, durable)
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+    await eventually(consumed, within=30, what="the watcher's volume events consumed")
+
+    async def idle() -> bool:
+        r = await st.watcher.get("/v1/runs", params={"job": "qos"}, headers=st.h())
+        return all(x["status"] not in ("queued", "running") for x in r.json()["items"])
+
+    await eventually(idle, within=60, what="no QoS run queued or running")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qos_checks import attached, held, tamper, throttle_or_skip, writer
+from qos_checks import attached, held, quiet, tamper, throttle_or_skip, writer
 from watcher_harness import WatcherStack, watcher_stack
 
 from berth_testing import MakeSettings, Tenants, eventually, needs_loop
@@ -48,6 +48,7 @@ async def test_file_volume_limits_applied_enforced_repaired_and_resized(
         assert resp.status_code == 200, resp.text
         vol = await st.volume("db-0", size_gib=2)
         other = await st.volume("db-1")
+        await quiet(st, volume_events=2)  # the runs the creates queued are over
 
         # Not attached anywhere: wanted, recorded, and said not to be enforced.
         run = await st.run("qos")

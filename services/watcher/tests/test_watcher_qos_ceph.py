@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ceph_clusters import rbd_image, register_ceph
+from qos_checks import quiet
 from watcher_harness import WatcherStack, watcher_stack
 
 from berth_shared.backends import ceph_bindings
@@ -68,32 +69,6 @@ def write_until(ceph: CephCluster, volume_id: str, stop: threading.Event) -> Non
 async def _run_and_read(st: WatcherStack, volume_id: str) -> dict[str, Any]:
     await st.run("qos")
     return await qos_of(st, volume_id)
-
-
-async def quiet(st: WatcherStack, volume_events: int) -> None:
-    """The tenant's first `volume_events` volume events are in the stream and consumed by the
-    watcher, and no QoS run is queued or running: from now on, the runs the test asks for
-    are the only ones."""
-    stream, subjects = st.settings.events_stream, f"berth.events.{st.tenants.tenant_a}.volume.>"
-
-    async def stored() -> int:
-        info = await st.bus.js.stream_info(stream, subjects_filter=subjects)
-        return sum((info.state.subjects or {}).values())
-
-    await eventually(stored, lambda n: n >= volume_events, within=30, what=f"{volume_events} volume events")
-    durable = f"watcher-volumes-{st.settings.schema_name}"
-
-    async def consumed() -> bool:
-        info = await st.bus.js.consumer_info(stream, durable)
-        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-
-    await eventually(consumed, within=30, what="the watcher's volume events consumed")
-
-    async def idle() -> bool:
-        r = await st.watcher.get("/v1/runs", params={"job": "qos"}, headers=st.h())
-        return all(x["status"] not in ("queued", "running") for x in r.json()["items"])
-
-    await eventually(idle, within=60, what="no QoS run queued or running")
 
 
 async def qos_of(st: WatcherStack, volume_id: str) -> dict[str, Any]:
