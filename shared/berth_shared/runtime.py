@@ -28,6 +28,7 @@ from berth_shared.auth import (
 )
 from berth_shared.bus.client import Bus
 from berth_shared.bus.commands import CommandServer
+from berth_shared.bus.consumer import EventConsumer, EventHandler
 from berth_shared.db.engine import Database, make_database
 from berth_shared.db.migrate import upgrade
 from berth_shared.db.outbox import OutboxRelay
@@ -97,6 +98,23 @@ class Runtime:
     commands: CommandServer
     relay: OutboxRelay
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    consumers: list[EventConsumer] = field(default_factory=list)
+
+    def event_consumer(self, name: str, filter_subject: str, handler: EventHandler) -> EventConsumer:
+        """A durable consumer of the events stream, one per service schema and `name`, shared
+        by every replica (each event reaches one of them); the caller starts it, the runtime
+        stops it before `on_stop` (so no handler runs while the service shuts down)."""
+        consumer = EventConsumer(
+            self.bus,
+            self.db,
+            self.tables,
+            stream=self.settings.events_stream,
+            durable=f"{name}-{self.settings.schema_name}",
+            filter_subject=filter_subject,
+            handler=handler,
+        )
+        self.consumers.append(consumer)
+        return consumer
 
 
 Hook = Callable[[Runtime], Awaitable[None]]
@@ -132,6 +150,8 @@ async def run_runtime(
         yield rt
     finally:
         await commands.stop()
+        for consumer in rt.consumers:
+            await consumer.stop()
         if on_stop:
             await on_stop(rt)
         for task in rt.background:

@@ -16,48 +16,34 @@ from berth_alerts.metrics import AlertMetrics
 from berth_alerts.service import AlertsService
 from berth_alerts.silences import Silences
 from berth_alerts.tables import bus_tables
-from berth_shared.bus import EventConsumer, Lease
+from berth_shared.bus import Lease
 from berth_shared.runtime import Runtime, build_app
-from berth_shared.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    if not isinstance(settings, AlertsSettings):
-        settings = AlertsSettings(**settings.model_dump())
-    alerts_settings = settings
-    config = load_config(alerts_settings)  # a bad file fails here, before anything starts
+def create_app(settings: AlertsSettings) -> FastAPI:
+    config = load_config(settings)  # a bad file fails here, before anything starts
     # Stable per host and data dir: a restarted replica resends what it had in flight at once.
     owner = f"{socket.gethostname()}:{settings.data_dir.resolve()}:{settings.schema_name}"
     app: FastAPI
 
     def register(rt: Runtime) -> None:
-        svc = AlertsService(rt.db, alerts_settings, config, AlertMetrics(rt.metrics), owner)
+        svc = AlertsService(rt.db, settings, config, AlertMetrics(rt.metrics), owner)
         app.state.alerts = svc
         app.state.silences = Silences(rt.db)
         app.state.dashboards = DashboardSync(rt.db, svc.metrics, svc.client)
-        # One durable consumer shared by every replica: each event reaches one of them.
-        app.state.consumer = EventConsumer(
-            rt.bus,
-            rt.db,
-            rt.tables,
-            stream=settings.events_stream,
-            durable=f"alerts-{settings.schema_name}",
-            filter_subject="berth.events.>",
-            handler=svc.on_event,
-        )
+        app.state.consumer = rt.event_consumer("alerts", "berth.events.>", svc.on_event)
 
     async def on_start(rt: Runtime) -> None:
         await app.state.alerts.start()
         await app.state.consumer.start()
         # The lease is longer than one pass can take, so one replica keeps syncing.
         lease = Lease(rt.bus, f"alerts-dashboards-{settings.schema_name}", owner, ttl_s=120.0)
-        timer = dashboards_api.run_timer(app.state.dashboards, lease, alerts_settings.dashboard_sync_interval_s)
+        timer = dashboards_api.run_timer(app.state.dashboards, lease, settings.dashboard_sync_interval_s)
         rt.background.append(asyncio.create_task(timer))
 
     async def on_stop(rt: Runtime) -> None:
-        await app.state.consumer.stop()
         await app.state.alerts.stop()
 
     app = build_app(

@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from berth_shared.bus import CloudEvent, EventConsumer, Lease
+from berth_shared.bus import CloudEvent, Lease
 from berth_shared.db import EventWriter
 from berth_shared.runtime import Runtime, build_app, service_token
 from berth_watcher import store
@@ -68,17 +68,7 @@ def create_app(settings: WatcherSettings) -> FastAPI:
 
     async def on_start(rt: Runtime) -> None:
         svc: Watcher = app.state.watcher
-        consumer = EventConsumer(
-            rt.bus,
-            rt.db,
-            rt.tables,
-            stream=settings.events_stream,
-            durable=f"watcher-volumes-{settings.schema_name}",
-            filter_subject="berth.events.*.volume.*",
-            handler=on_volume_event,
-        )
-        await consumer.start()
-        app.state.consumer = consumer
+        await rt.event_consumer("watcher-volumes", "berth.events.*.volume.*", on_volume_event).start()
         app.state.scheduler = asyncio.create_task(svc.scheduler.loop(), name="watcher-scheduler")
         rt.background.append(app.state.scheduler)
         loop = asyncio.get_running_loop()
@@ -114,7 +104,6 @@ def create_app(settings: WatcherSettings) -> FastAPI:
 
     async def on_stop(rt: Runtime) -> None:
         stop_watch.set()
-        await app.state.consumer.stop()
         svc: Watcher = app.state.watcher
         # The jobs stop before their backends close: a job still running would reopen a
         # closed Ceph connection (never closed again) or use one being shut down.

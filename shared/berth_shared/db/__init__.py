@@ -5,7 +5,7 @@ The public surface of the DB layer: services import from `berth_shared.db`, neve
 
 from berth_shared.db.engine import Database, affected, insert_ignore, make_database
 from berth_shared.db.group_commit import GroupCommit
-from berth_shared.db.migrate import run_env
+from berth_shared.db.migrate import alembic_config, create_bus_tables, drop_bus_tables, run_env, upgrade
 from berth_shared.db.outbox import EventWriter, OutboxRelay
 from berth_shared.db.tables import BusTables, UTCDateTime, add_bus_tables, timestamp
 
@@ -18,8 +18,12 @@ __all__ = [
     "UTCDateTime",
     "add_bus_tables",
     "affected",
+    "alembic_config",
+    "create_bus_tables",
+    "drop_bus_tables",
     "insert_ignore",
     "make_database",
     "run_env",
     "timestamp",
+    "upgrade",
 ]

@@ -8,6 +8,8 @@ Create Date: 2026-11-27 16:15:24.353021
 import sqlalchemy as sa
 from alembic import op
 
+from berth_shared.db import create_bus_tables, drop_bus_tables
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -76,39 +78,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table(
-        "outbox",
-        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("event_id", sa.String(length=64), nullable=False),
-        sa.Column("subject", sa.String(length=255), nullable=False),
-        sa.Column("payload", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("seq"),
-        sa.UniqueConstraint("event_id"),
-    )
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_outbox_published_at"), ["published_at"], unique=False)
-
-    op.create_table(
-        "parked_messages",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("consumer", sa.String(length=128), nullable=False),
-        sa.Column("subject", sa.String(length=255), nullable=False),
-        sa.Column("headers", sa.JSON(), nullable=False),
-        sa.Column("payload", sa.Text(), nullable=False),
-        sa.Column("reason", sa.Text(), nullable=False),
-        sa.Column("deliveries", sa.Integer(), nullable=False),
-        sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_table(
-        "processed_events",
-        sa.Column("consumer", sa.String(length=128), nullable=False),
-        sa.Column("event_id", sa.String(length=64), nullable=False),
-        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("consumer", "event_id"),
-    )
+    create_bus_tables()
     op.create_table(
         "volume_generations",
         sa.Column("volume_id", sa.String(length=64), nullable=False),
@@ -119,12 +89,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("volume_generations")
-    op.drop_table("processed_events")
-    op.drop_table("parked_messages")
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_outbox_published_at"))
-
-    op.drop_table("outbox")
+    drop_bus_tables()
     op.drop_table("nodes")
     with op.batch_alter_table("fences", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_fences_node_id"))
