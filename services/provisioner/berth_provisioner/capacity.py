@@ -1,11 +1,12 @@
 """Backend capacity for placement, cached and bounded.
 
-Placement weighs every registered cluster's real free space, inside the transaction that
-reserves room. Asking the backend each time would put a remote call (Ceph: a mon `df`
-command; an unreachable cluster: the 20 s connect timeout) inside that transaction for
-every create, on every cluster. So each cluster's answer is kept for a few seconds, only
-one probe per cluster runs at a time, and a caller waits for a probe a bounded time: a
-cluster that does not answer counts as "free space unknown" instead of stalling creates.
+Placement weighs every registered cluster's real free space, asked just before the
+transaction that reserves room opens (never inside it: a slow cluster must not hold the
+transaction). Asking the backend for every create would still cost a remote call (Ceph:
+a mon `df` command; an unreachable cluster: the 20 s connect timeout) per create, on every
+cluster. So each cluster's answer is kept for a few seconds, only one probe per cluster
+runs at a time, and a caller waits for a probe a bounded time: a cluster that does not
+answer counts as "free space unknown" instead of stalling creates.
 """
 
 from __future__ import annotations
