@@ -543,8 +543,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds run_all: namespaces, node services, mounts are removed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     why = loop_skip_reason() or netns_skip_reason()
     if why:
         print(f"bench/failover.py cannot run here: it {why}", file=sys.stderr)
