@@ -33,7 +33,7 @@ loop devices on this host; any instant with two writers is an invariant violatio
     .venv/bin/python bench/failover.py --policy aggressive  # heartbeat 0.5 s, dead after 3 s
     .venv/bin/python bench/failover.py --short              # aggressive, 3 runs per case (CI smoke)
 
-Targets (DESIGN.md section 8): p99 from T0 to the first write on the new node under 15 s
+Targets (docs/design.md, Targets): p99 from T0 to the first write on the new node under 15 s
 with the default policy and under 5 s with the aggressive one, 0 violations, 0 late writes.
 Needs root, loop devices, iproute2 and nftables, and the dev install (`scripts/install.sh
 --dev`: it imports `berth_testing`). The exit code is 1 on an invariant violation, a late
