@@ -59,8 +59,10 @@ class EventConsumer:
         self.batch = batch
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._stopping = False
 
     async def start(self) -> None:
+        self._stopping = False
         config = ConsumerConfig(
             durable_name=self.durable,
             filter_subject=self.filter_subject,
@@ -80,6 +82,10 @@ class EventConsumer:
         The pull subscription is removed too: left behind, it would hold the connection's
         drain (`Bus.close`) for its whole timeout. The durable consumer stays on the server.
         """
+        # The flag as well as the cancel: on Python 3.11 a cancel that lands as the fetch's
+        # own wait_for times out comes back as a TimeoutError, which the loop takes for an
+        # empty fetch: it would fetch on forever and this stop would never return.
+        self._stopping = True
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -91,7 +97,7 @@ class EventConsumer:
                 await sub.unsubscribe()
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while True:
+        while not self._stopping:
             try:
                 msgs = await sub.fetch(self.batch, timeout=1.0)
             except (NatsTimeout, TimeoutError):  # nats-py raises the bare asyncio one too
