@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,7 +81,12 @@ class Settings(BaseSettings):
         return self.token_file or self.data_dir / "tokens.json"
 
 
-def load_settings(service: str, **overrides: object) -> Settings:
-    """The settings common to all services, for `service`, from the environment with
-    explicit overrides on top (a service itself loads its own class: `AttacherSettings()`)."""
-    return Settings(service=service, **overrides)  # type: ignore[arg-type]
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(settings_cls: type[S], **overrides: Any) -> S:
+    """A service's settings (its own class) from the environment, explicit overrides on
+    top. The service's name is its class's, never a `BERTH_SERVICE` variable's: a stray one
+    in the environment must not turn the attacher's settings into another service's."""
+    service = overrides.pop("service", None) or settings_cls.model_fields["service"].default
+    return settings_cls(service=service, **overrides)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from berth_provisioner.config import ProvisionerSettings
 from berth_shared.auth import (
     KeystoneTokenValidator,
     Principal,
@@ -294,7 +295,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 
 def test_settings_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    s = load_settings("watcher")
+    s = load_settings(Settings, service="watcher")
     assert s.db_url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/.berth/watcher.db"
     assert s.schema_name == "watcher"
     assert s.port == DEFAULT_PORTS["watcher"] == 8703
@@ -315,7 +316,7 @@ def test_settings_from_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path
     clean_env.setenv("NATS_URL", "nats://not-ours:1")  # no prefix: ignored
     clean_env.setenv("BERTH_SERVICE", "alerts")  # the caller's service name wins
 
-    s = load_settings("provisioner", http_port=9100)
+    s = load_settings(ProvisionerSettings, http_port=9100)
     assert s.service == "provisioner"
     assert s.db_url == "postgresql://postgres@db/berth"
     assert s.schema_name == "prov_blue"

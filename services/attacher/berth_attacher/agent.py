@@ -23,6 +23,7 @@ from berth_shared.logs import configure_logging
 from berth_shared.messages.attacher import PREFIX, Attachment, HeartbeatReply, StagedVolume
 from berth_shared.node import CephClientSpec, NodeHeartbeat, NodeSettings, ceph_stage
 from berth_shared.node import file as file_node
+from berth_shared.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def _settings(argv: list[str] | None = None) -> AgentSettings:
         parser.add_argument(f"--{kind}-user", help=f"cephx id for {kind} volumes (without 'client.')")
         parser.add_argument(f"--{kind}-keyring", help="default: /etc/ceph/ceph.client.<user>.keyring")
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return AgentSettings(**given)
+    return load_settings(AgentSettings, **given)
 
 
 async def _main() -> None:

@@ -8,6 +8,7 @@ import signal
 from berth_csi.server import CsiServer
 from berth_csi.settings import CsiSettings
 from berth_shared.logs import configure_logging
+from berth_shared.settings import load_settings
 from berth_shared.telemetry import configure_tracing
 
 
@@ -25,7 +26,7 @@ async def serve(settings: CsiSettings) -> None:
 
 
 def main() -> None:
-    settings = CsiSettings()
+    settings = load_settings(CsiSettings)
     configure_logging("csi", settings.log_level, settings.log_json)
     configure_tracing("csi")
     asyncio.run(serve(settings))
