@@ -3,7 +3,6 @@ either moves to the listed state or is refused."""
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import get_args
 
 import pytest
@@ -17,13 +16,13 @@ from berth_attacher.lifecycle import (
     FenceState,
     NodeState,
 )
-from berth_shared.lifecycle import GONE, Lifecycle, TransitionNotAllowed
+from berth_shared.lifecycle import GONE
 from berth_shared.messages import attacher as contract
+from berth_testing.lifecycle import Table, check, every_pair, table_of
 
-REFUSED = "refused"
 BEFORE_FENCE = ("alive", "suspect", "dead", "awaiting_approval")
 
-NODE_TABLE: dict[tuple[str, str], str | None] = {
+NODE_TABLE: Table = {
     ("alive", "silent"): "suspect",
     ("suspect", "heard"): "alive",
     ("dead", "heard"): "alive",
@@ -39,28 +38,14 @@ NODE_TABLE: dict[tuple[str, str], str | None] = {
     ("fenced", "unfenced"): "alive",
 }
 
-ATTACHMENT_TABLE: dict[tuple[str, str], str | None] = {
+ATTACHMENT_TABLE: Table = {
     ("attached", "released"): "released",
     ("released", "republished"): "attached",
     ("attached", "unpublished"): GONE,
     ("released", "unpublished"): GONE,
 }
 
-FENCE_TABLE: dict[tuple[str, str], str | None] = {("pending", "completed"): "done"}
-
-
-def every_pair(table: dict[tuple[str, str], str | None], states: type[Enum]) -> list[tuple[str, str, str | None]]:
-    events = sorted({e for _, e in table})
-    return [(s.value, e, table.get((s.value, e), REFUSED)) for s in states for e in events]
-
-
-def check(machine: Lifecycle, state: str, event: str, expected: str | None) -> None:
-    if expected == REFUSED:
-        assert not machine.allows(state, event)
-        with pytest.raises(TransitionNotAllowed):
-            machine.target(state, event)
-    else:
-        assert machine.target(state, event) == expected
+FENCE_TABLE: Table = {("pending", "completed"): "done"}
 
 
 @pytest.mark.parametrize(("state", "event", "expected"), every_pair(NODE_TABLE, NodeState))
@@ -80,7 +65,7 @@ def test_fence_transitions(state: str, event: str, expected: str | None) -> None
 
 def test_the_tables_are_the_whole_lifecycles() -> None:
     for machine, table in ((NODE, NODE_TABLE), (ATTACHMENT, ATTACHMENT_TABLE), (FENCE, FENCE_TABLE)):
-        assert {(t.source, t.event): t.target for t in machine.transitions} == table
+        assert table_of(machine) == table
 
 
 def test_states_are_the_bus_contracts() -> None:

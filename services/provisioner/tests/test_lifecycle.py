@@ -3,7 +3,6 @@ moves to the listed status or is refused."""
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import get_args
 
 import pytest
@@ -16,12 +15,11 @@ from berth_provisioner.lifecycle import (
     SnapshotStatus,
     VolumeStatus,
 )
-from berth_shared.lifecycle import GONE, Lifecycle, TransitionNotAllowed
+from berth_shared.lifecycle import GONE
 from berth_shared.messages import provisioner as contract
+from berth_testing.lifecycle import Table, check, every_pair, table_of
 
-REFUSED = "refused"
-
-VOLUME_TABLE: dict[tuple[str, str], str | None] = {
+VOLUME_TABLE: Table = {
     ("creating", "created"): "available",
     ("creating", "create_failed"): GONE,
     ("available", "expand"): "expanding",
@@ -33,7 +31,7 @@ VOLUME_TABLE: dict[tuple[str, str], str | None] = {
     ("deleting", "delete_failed"): "error",
 }
 
-SNAPSHOT_TABLE: dict[tuple[str, str], str | None] = {
+SNAPSHOT_TABLE: Table = {
     ("creating", "created"): "available",
     ("creating", "create_failed"): GONE,
     ("available", "delete"): "deleting",
@@ -41,21 +39,6 @@ SNAPSHOT_TABLE: dict[tuple[str, str], str | None] = {
     ("deleting", "deleted"): GONE,
     ("deleting", "delete_failed"): "error",
 }
-
-
-def every_pair(table: dict[tuple[str, str], str | None], states: type[Enum]) -> list[tuple[str, str, str | None]]:
-    events = sorted({e for _, e in table})
-    return [(s.value, e, table.get((s.value, e), REFUSED)) for s in states for e in events]
-
-
-def check(machine: Lifecycle, state: str, event: str, expected: str | None) -> None:
-    if expected == REFUSED:
-        assert not machine.allows(state, event)
-        with pytest.raises(TransitionNotAllowed):
-            machine.target(state, event)
-    else:
-        assert machine.allows(state, event)
-        assert machine.target(state, event) == expected
 
 
 @pytest.mark.parametrize(("state", "event", "expected"), every_pair(VOLUME_TABLE, VolumeStatus))
@@ -69,8 +52,8 @@ def test_snapshot_transitions(state: str, event: str, expected: str | None) -> N
 
 
 def test_the_tables_are_the_whole_lifecycles() -> None:
-    assert {(t.source, t.event): t.target for t in VOLUME.transitions} == VOLUME_TABLE
-    assert {(t.source, t.event): t.target for t in SNAPSHOT.transitions} == SNAPSHOT_TABLE
+    assert table_of(VOLUME) == VOLUME_TABLE
+    assert table_of(SNAPSHOT) == SNAPSHOT_TABLE
 
 
 def test_statuses_are_the_bus_contracts() -> None:
