@@ -96,3 +96,23 @@ async def test_a_batch_over_the_limit_commits_exactly_what_fits(db: Database) ->
     assert len(await committed(db)) == 5
     assert await left(db) == 0
     assert any(len(b) > 1 for b in rec.batches)  # it was tried together first
+
+
+async def test_callers_are_answered_when_the_committer_is_cancelled(db: Database) -> None:
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def stuck(s: AsyncSession, names: list[str]) -> list[str]:
+        started.set()
+        await never.wait()
+        return names
+
+    gc: GroupCommit[str, str] = GroupCommit(db, stuck)
+    first = asyncio.create_task(gc.submit("a"))
+    await started.wait()
+    second = asyncio.create_task(gc.submit("b"))  # queued behind the stuck transaction
+    await asyncio.sleep(0)
+    assert gc._drainer is not None
+    gc._drainer.cancel()
+    async with asyncio.timeout(5.0):
+        outcomes = await asyncio.gather(first, second, return_exceptions=True)
+    assert all(isinstance(o, ConnectionAbortedError) for o in outcomes), outcomes

@@ -49,9 +49,18 @@ class GroupCommit(Generic[T, R]):
         return await done
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[: self.max_items], self._queue[self.max_items :]
-            await self._commit(batch)
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_items], self._queue[self.max_items :]
+                await self._commit(batch)
+        except BaseException as exc:
+            # Cancelled (the process stopping): no caller may wait forever on an answer.
+            for _, done in batch + self._queue:
+                if not done.done():
+                    done.set_exception(ConnectionAbortedError(f"{self.name} stopped: {exc!r}"))
+            self._queue = []
+            raise
 
     async def _commit(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
