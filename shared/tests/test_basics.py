@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -16,6 +17,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from berth_provisioner.config import ProvisionerSettings
+from berth_shared.aio import wait_event
 from berth_shared.auth import (
     KeystoneTokenValidator,
     Principal,
@@ -39,7 +41,7 @@ from berth_shared.errors import (
 )
 from berth_shared.logs import JsonFormatter, configure_logging, redact
 from berth_shared.settings import DEFAULT_PORTS, Settings, load_settings
-from berth_testing import Tenants
+from berth_testing import Tenants, eventually
 
 # -- errors ----------------------------------------------------------------------------
 
@@ -386,3 +388,27 @@ def test_lifecycle_refuses_what_it_does_not_declare() -> None:
         Lifecycle("door", ["open"], [("close", "open", "ajar")])
     with pytest.raises(ValueError, match="declared twice"):
         Lifecycle("door", ["open", "shut"], [("close", "open", "shut"), ("close", "open", "open")])
+
+
+# -- asyncio helpers -----------------------------------------------------------------------
+
+
+async def test_wait_event_keeps_a_cancel_that_lands_with_the_wake_up() -> None:
+    event = asyncio.Event()
+
+    async def loop() -> None:
+        while True:  # a background loop's idle wait, as the services' relays and workers do
+            await wait_event(event, 30.0)
+            event.clear()
+
+    task = asyncio.create_task(loop())
+    await eventually(lambda: len(event._waiters) > 0, within=5.0, what="the loop waiting")
+    event.set()
+    task.cancel()  # in the same loop step as the wake-up
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5.0):
+            await task
+    event.clear()
+    assert await wait_event(event, 0.01) is False
+    event.set()
+    assert await wait_event(event, 0.01) is True

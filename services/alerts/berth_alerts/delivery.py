@@ -23,6 +23,7 @@ from berth_alerts.queue import Claimed, Outcome
 from berth_alerts.ratelimit import TokenBucket
 from berth_alerts.render import Renderer
 from berth_alerts.sender import backoff, send
+from berth_shared.aio import wait_event
 from berth_shared.db import Database
 from berth_shared.faults import checkpoint
 
@@ -116,8 +117,7 @@ class ReceiverWorker:
                 raise
             except Exception:
                 log.exception("receiver %s: delivery pass failed", self.receiver.name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.poll_s)
+            await wait_event(self.wake, self.poll_s)
             self.wake.clear()
 
     async def tick(self) -> int:

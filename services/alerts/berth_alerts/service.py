@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from berth_alerts.model import Alert
 from berth_alerts.queue import release_own
 from berth_alerts.render import check_templates
 from berth_alerts.store import IngestResult, Routing, expire_alerts, ingest
+from berth_shared.aio import wait_event
 from berth_shared.auth import Principal
 from berth_shared.bus import CloudEvent
 from berth_shared.db import Database
@@ -200,8 +200,7 @@ class AlertsService:
                 raise
             except Exception:
                 log.exception("flush failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.flush_wake.wait(), self.settings.flush_interval_s)
+            await wait_event(self.flush_wake, self.settings.flush_interval_s)
             self.flush_wake.clear()
 
     async def refresh_gauges(self) -> None:

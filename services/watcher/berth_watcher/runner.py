@@ -6,11 +6,11 @@ driven on by the next orphans run."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from berth_shared.aio import wait_event
 from berth_shared.messages.watcher import JOBS, JobName
 from berth_watcher import quarantine, store
 from berth_watcher.context import Context, Core
@@ -43,8 +43,7 @@ class Scheduler:
                     raise
                 except Exception:
                     log.exception("watcher scheduler tick failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), svc.settings.tick_s)
+                await wait_event(self._wake, svc.settings.tick_s)
                 self._wake.clear()
         finally:
             for task in self._running.values():

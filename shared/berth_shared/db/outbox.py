@@ -17,6 +17,7 @@ from nats.js.api import PubAck
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from berth_shared.aio import wait_event
 from berth_shared.bus.client import Bus
 from berth_shared.bus.envelope import CloudEvent, new_event
 from berth_shared.db.engine import Database
@@ -69,11 +70,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # NATS down, DB blip: keep the rows, try again later
                 log.warning("outbox relay paused: %s", exc)
-            # Not asyncio.wait_for: on Python 3.11 it returns the result instead of raising
-            # when a notify() lands as stop() cancels, and the relay then never stops.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await self._wake.wait()
+            await wait_event(self._wake, self.poll_interval)
             self._wake.clear()
 
     async def relay_once(self, batch: int = 200) -> int:
