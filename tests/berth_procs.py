@@ -163,7 +163,10 @@ async def settled(proc: ServiceProcess) -> None:
 
 
 async def stream_events(nats_url: str, subjects: str, stream: str = EVENTS_STREAM) -> list[dict[str, Any]]:
-    """Every message now in `stream` on `subjects`, as (subject, msg id, CloudEvent JSON)."""
+    """Every event now in `stream` on `subjects`, as (subject, msg id, CloudEvent JSON).
+
+    Bodies that are not JSON are left out: the session's stream holds the garbage that the
+    consumers' bad-input tests publish to prove it gets parked."""
     import json
 
     nc = await nats.connect(nats_url, allow_reconnect=False)
@@ -172,17 +175,20 @@ async def stream_events(nats_url: str, subjects: str, stream: str = EVENTS_STREA
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=10.0)
         sub = await js.pull_subscribe(subjects, stream=stream, config=config)
         info = await sub.consumer_info()
-        want = info.num_pending or 0
+        left = info.num_pending or 0
         out: list[dict[str, Any]] = []
-        while len(out) < want:
+        while left > 0:
             try:
-                msgs = await sub.fetch(min(256, want - len(out)), timeout=2.0)
+                msgs = await sub.fetch(min(256, left), timeout=2.0)
             except NatsTimeout:
                 break
             for m in msgs:
-                out.append(
-                    {"subject": m.subject, "msg_id": (m.headers or {}).get("Nats-Msg-Id"), "event": json.loads(m.data)}
-                )
+                left -= 1
+                try:
+                    event = json.loads(m.data)
+                except ValueError:
+                    continue
+                out.append({"subject": m.subject, "msg_id": (m.headers or {}).get("Nats-Msg-Id"), "event": event})
         await sub.unsubscribe()
         return out
     finally:
