@@ -165,8 +165,9 @@ async def settled(proc: ServiceProcess) -> None:
 async def stream_events(nats_url: str, subjects: str, stream: str = EVENTS_STREAM) -> list[dict[str, Any]]:
     """Every event now in `stream` on `subjects`, as (subject, msg id, CloudEvent JSON).
 
-    Bodies that are not JSON are left out: the session's stream holds the garbage that the
-    consumers' bad-input tests publish to prove it gets parked."""
+    Bodies that are not events are left out: the session's stream holds the garbage (not
+    JSON, or JSON that is no event) that the consumers' bad-input tests publish to prove it
+    gets parked."""
     import json
 
     nc = await nats.connect(nats_url, allow_reconnect=False)
@@ -187,6 +188,8 @@ async def stream_events(nats_url: str, subjects: str, stream: str = EVENTS_STREA
                 try:
                     event = json.loads(m.data)
                 except ValueError:
+                    continue
+                if not isinstance(event, dict) or "type" not in event or "subject" not in event:
                     continue
                 out.append({"subject": m.subject, "msg_id": (m.headers or {}).get("Nats-Msg-Id"), "event": event})
         await sub.unsubscribe()
