@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from berth_shared.aio import stop_tasks
 from berth_shared.auth import (
     CloudServiceCredentials,
     KeystoneTokenValidator,
@@ -154,9 +155,7 @@ async def run_runtime(
             await consumer.stop()
         if on_stop:
             await on_stop(rt)
-        for task in rt.background:
-            task.cancel()
-        await asyncio.gather(*rt.background, return_exceptions=True)
+        await stop_tasks(*rt.background)
         await relay.stop()
         await bus.close()
         await db.dispose()

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from berth_provisioner.config import ProvisionerSettings
-from berth_shared.aio import wait_event
+from berth_shared.aio import stop_tasks, wait_event
 from berth_shared.auth import (
     KeystoneTokenValidator,
     Principal,
@@ -412,3 +412,23 @@ async def test_wait_event_keeps_a_cancel_that_lands_with_the_wake_up() -> None:
     assert await wait_event(event, 0.01) is False
     event.set()
     assert await wait_event(event, 0.01) is True
+
+
+async def test_stop_tasks_cancels_again_a_loop_that_lost_its_cancel() -> None:
+    lost = 0
+
+    async def loop() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost += 1  # as a library's wait_for turning the cancel into a timeout does
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10.0):
+        await stop_tasks(task, every_s=0.05)
+    assert task.cancelled() and lost == 1

@@ -25,7 +25,7 @@ from berth_alerts.model import Alert
 from berth_alerts.queue import release_own
 from berth_alerts.render import check_templates
 from berth_alerts.store import IngestResult, Routing, expire_alerts, ingest
-from berth_shared.aio import wait_event
+from berth_shared.aio import stop_tasks, wait_event
 from berth_shared.auth import Principal
 from berth_shared.bus import CloudEvent
 from berth_shared.db import Database
@@ -168,9 +168,7 @@ class AlertsService:
 
     async def stop(self) -> None:
         await self.committer.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(*self._tasks)
         for w in self.workers.values():
             await w.drain()
         await self.client.aclose()

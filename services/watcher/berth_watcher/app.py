@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from berth_shared.aio import stop_tasks
 from berth_shared.bus import CloudEvent, Lease
 from berth_shared.db import EventWriter
 from berth_shared.runtime import Runtime, build_app, service_token
@@ -107,8 +108,7 @@ def create_app(settings: WatcherSettings) -> FastAPI:
         svc: Watcher = app.state.watcher
         # The jobs stop before their backends close: a job still running would reopen a
         # closed Ceph connection (never closed again) or use one being shut down.
-        app.state.scheduler.cancel()
-        await asyncio.gather(app.state.scheduler, return_exceptions=True)
+        await stop_tasks(app.state.scheduler)
         await svc.core.sources.backends.close()
         for cluster in svc.core.sources.kube:
             cluster.close()
