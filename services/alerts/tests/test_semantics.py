@@ -12,7 +12,7 @@ from berth_alerts.config import CLUSTER_DOWN_RULE, AlertsConfig, ReceiverConfig
 from berth_alerts.events import event_alert
 from berth_alerts.grouping import Member, Muter, SilenceView, collapse, dedup_key, inhibit_keys, plan
 from berth_alerts.model import Matcher
-from berth_alerts.render import Renderer
+from berth_alerts.render import _ENV, DEFAULT_ALERT, Renderer, default_alert_line
 from berth_alerts.routing import build_tree, place
 from berth_shared.bus import CloudEvent
 
@@ -256,6 +256,55 @@ def test_bus_events_map_by_type_from_the_table() -> None:
     assert c.status == "resolved" and c.fp == o.fp and o.annotations["summary"] == "leaked"
     created = CloudEvent(source="berth/provisioner", type="io.berth.volume.created.v1", berthtenant="t", data={})
     assert event_alert(created, [], NOW).labels["severity"] == "info"
+
+
+def test_the_default_alert_line_is_the_default_template() -> None:
+    template = _ENV.from_string(DEFAULT_ALERT)
+    labelsets = [
+        {},
+        {"alertname": "CephOSDDown"},
+        {"alertname": "Big", "severity": "critical", "cluster": "eu-1", "tenant": "acme", "node": "n1", "volume": "v"},
+        {"severity": "info", "cluster": "", "node": "n\u00e9", "instance": "i"},
+    ]
+    for labels in labelsets:
+        for status in ("firing", "resolved"):
+            for notes in ({}, {"summary": ""}, {"summary": "OSD down \U0001f4a5"}, {"description": "d"}):
+                alert = {"status": status, "labels": labels, "annotations": notes}
+                assert default_alert_line(alert) == template.render(alert=alert), alert
+
+
+def test_webhook_bodies_are_what_json_dumps_gives() -> None:
+    """The webhook body is assembled from each alert's JSON: byte for byte the document's."""
+    alerts = [
+        {
+            "fingerprint": f"{i:04}",
+            "status": "firing" if i % 3 else "resolved",
+            "labels": {"alertname": "N\u00e9", "severity": "warning", "instance": f"i{i}", "q": 'a"b\\'},
+            "annotations": {"summary": "s" * (i * 40)},
+            "startsAt": NOW.isoformat(),
+            "endsAt": None,
+        }
+        for i in range(30)
+    ]
+    n = {
+        "receiver": "w",
+        "status": "firing",
+        "kind": "notify",
+        "group_id": "g",
+        "dedup_key": "k",
+        "group_labels": {"alertname": "N\u00e9"},
+        "alerts": alerts,
+    }
+    for limit in (1024, 4000, 1 << 20):
+        msgs = Renderer(ReceiverConfig(name="w", type="webhook", max_message_bytes=limit)).messages(n)
+        assert sum(m.alerts for m in msgs) == 30
+        told = []
+        for m in msgs:
+            doc = json.loads(m.body)
+            assert m.body == json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            assert len(doc["alerts"]) == m.alerts and len(doc["text"].splitlines()) == m.alerts
+            told += doc["alerts"]
+        assert told == alerts
 
 
 def test_render_splits_below_the_limit_and_falls_back_to_plain() -> None:
