@@ -80,31 +80,53 @@ async def claim(
         groups = [h.group_id for h in heads if h.group_id not in busy and h.due <= now][:limit]
         chosen: list[Claimed] = []
         collapsed = 0
+        if not groups:
+            return ClaimResult(chosen, expired, collapsed)
+        # All of these groups' backlogs, locked, in one statement: each becomes one
+        # notification of the latest state.
+        backlog: dict[str, list[Any]] = {}
+        for r in (
+            await s.execute(
+                select(t.deliveries)
+                .where(d_.receiver == receiver, d_.group_id.in_(groups), open_)
+                .order_by(d_.id)
+                .with_for_update(skip_locked=True)
+            )
+        ).all():
+            backlog.setdefault(r.group_id, []).append(r)
+        claims: list[dict[str, Any]] = []
+        until = now + timedelta(seconds=claim_s)
         for gid in groups:
-            # All of the group's backlog, locked: it becomes one notification of the latest state.
-            group_rows = (
-                await s.execute(
-                    select(t.deliveries)
-                    .where(d_.receiver == receiver, d_.group_id == gid, open_)
-                    .order_by(d_.id)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            group_rows = backlog.get(gid)
             if not group_rows:
                 continue  # another replica took it meanwhile
             first, last = group_rows[0], group_rows[-1]
-            pl, sent = last.payload, last.alerts_sent
-            if len(group_rows) > 1:
-                # Parts of older ones already delivered are told again in the merged one.
-                pl = collapse([r.payload for r in group_rows])
-                sent = 0
-                older = [r.id for r in group_rows[:-1]]
-                collapsed += len(older)
-                await s.execute(
-                    update(t.deliveries)
-                    .where(d_.id.in_(older))
-                    .values(state="collapsed", collapsed_into=last.id, finished_at=now)
+            if len(group_rows) == 1:  # the common case: only its claim changes, not its payload
+                claims.append({"c_id": last.id, "c_owner": owner, "c_until": until})
+                chosen.append(
+                    Claimed(
+                        last.id,
+                        gid,
+                        last.dedup_key,
+                        payload_status(last.payload),
+                        last.payload.get("kind", last.kind),
+                        last.payload,
+                        last.alerts_sent,
+                        last.attempts,
+                        last.oldest_change_at,
+                        last.created_at,
+                    )
                 )
+                continue
+            # Parts of older ones already delivered are told again in the merged one.
+            pl = collapse([r.payload for r in group_rows])
+            older = [r.id for r in group_rows[:-1]]
+            collapsed += len(older)
+            await s.execute(
+                update(t.deliveries)
+                .where(d_.id.in_(older))
+                .values(state="collapsed", collapsed_into=last.id, finished_at=now)
+            )
             oldest = min(r.oldest_change_at for r in group_rows)
             await s.execute(
                 update(t.deliveries)
@@ -112,10 +134,10 @@ async def claim(
                 .values(
                     state="sending",
                     claimed_by=owner,
-                    claim_until=now + timedelta(seconds=claim_s),
+                    claim_until=until,
                     payload=pl,
                     status=payload_status(pl),
-                    alerts_sent=sent,
+                    alerts_sent=0,
                     attempts=first.attempts,
                     alert_count=len(pl["alerts"]),
                     oldest_change_at=oldest,
@@ -129,12 +151,14 @@ async def claim(
                     payload_status(pl),
                     pl.get("kind", last.kind),
                     pl,
-                    sent,
+                    0,
                     first.attempts,
                     oldest,
                     first.created_at,
                 )
             )
+        if claims:
+            await s.execute(_CLAIM, claims)
         return ClaimResult(chosen, expired, collapsed)
 
 
@@ -174,6 +198,11 @@ async def finish_many(db: Database, owner: str, outcomes: list[Outcome], now: da
         return mine
 
 
+_CLAIM = (
+    update(t.deliveries)
+    .where(d_.id == bindparam("c_id"))
+    .values(state="sending", claimed_by=bindparam("c_owner"), claim_until=bindparam("c_until"))
+)
 _FINISH = (
     update(t.deliveries)
     .where(d_.id == bindparam("d_id"))
