@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from berth_alerts.model import Alert
-from berth_alerts.store import IngestResult, Routing, ingest
+from berth_alerts.store import IngestResult, Routing, ingest_many
 from berth_shared.auth import Principal
 from berth_shared.db import Database
 
@@ -84,7 +84,7 @@ class GroupCommitter:
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
             async with self.db.transaction() as s:
-                results = [await ingest(s, self.routing, p.alerts, p.at) for p in batch]
+                results = await ingest_many(s, self.routing, [(p.alerts, p.at) for p in batch])
         except Exception as exc:
             if len(batch) == 1:
                 if not batch[0].done.done():

@@ -81,9 +81,21 @@ def group_labels(route: Route, labels: dict[str, str]) -> dict[str, str]:
     return {name: labels.get(name, "") for name in route.group_by}
 
 
+_GROUP_IDS: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
+GROUP_ID_CACHE = 100_000  # entries; far more groups than any storm makes
+
+
 def group_id(route: Route, glabels: dict[str, str]) -> str:
-    blob = json.dumps([route.id, route.receiver, sorted(glabels.items())], separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    # Remembered: a storm places thousands of alerts a second in a few hundred groups.
+    key = (route.id, route.receiver, tuple(sorted(glabels.items())))
+    found = _GROUP_IDS.get(key)
+    if found is None:
+        blob = json.dumps([route.id, route.receiver, key[2]], separators=(",", ":"))
+        found = hashlib.sha256(blob.encode()).hexdigest()[:32]
+        if len(_GROUP_IDS) >= GROUP_ID_CACHE:
+            _GROUP_IDS.clear()
+        _GROUP_IDS[key] = found
+    return found
 
 
 def place(tree: Route, labels: dict[str, str]) -> list[Placement]:

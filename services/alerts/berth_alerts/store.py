@@ -68,6 +68,45 @@ def insert_for(session: AsyncSession, table: Table) -> Any:
 
 
 async def ingest(session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime) -> IngestResult:
+    return (await ingest_many(session, routing, [(alerts, now)]))[0]
+
+
+async def ingest_many(
+    session: AsyncSession, routing: Routing, requests: list[tuple[list[Alert], datetime]]
+) -> list[IngestResult]:
+    """Requests (alerts, received at) stored in one transaction as if one after the other.
+
+    Their groups and memberships are written once for all of them: a storm's requests each
+    touch the same groups, and a group row per request and alert group was as many rows
+    as alerts. A group takes the time of the first request that changed it, as it would
+    have one request at a time (later ones leave a due group's timer alone)."""
+    results: list[IngestResult] = []
+    groups: dict[str, dict[str, Any]] = {}
+    members: set[tuple[str, str]] = set()
+    for alerts, now in requests:
+        result, changed = await _store_alerts(session, routing, alerts, now)
+        results.append(result)
+        for a in changed:
+            for p in place(routing.tree, a.labels):
+                if p.group_id not in groups:
+                    groups[p.group_id] = {
+                        "route_id": p.route.id,
+                        "receiver": p.route.receiver,
+                        "group_labels": p.group_labels,
+                        "at": now,
+                    }
+                members.add((p.group_id, a.fp))
+    if groups:
+        await mark_due(session, routing, groups, requests[0][1])
+        rows = [{"group_id": g, "fingerprint": fp, "pending": True} for g, fp in sorted(members)]
+        await session.execute(_statement(session, "members"), rows)
+    return results
+
+
+async def _store_alerts(
+    session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime
+) -> tuple[IngestResult, list[Alert]]:
+    """Upsert one request's alerts; its outcome, and the alerts that are news (new or changed)."""
     result = IngestResult()
     by_fp: dict[str, Alert] = {}
     for a in alerts:
@@ -107,14 +146,13 @@ async def ingest(session: AsyncSession, routing: Routing, alerts: list[Alert], n
             result.duplicate += 1
     if changed:
         await _upsert_alerts(session, routing, changed, now)
-        await _join_groups(session, routing, changed, now)
     for a in touched:  # the same alert again, with a later endsAt: it keeps firing
         await session.execute(
             update(t.alerts)
             .where(t.alerts.c.fingerprint == a.fp)
             .values(starts_at=a.starts_at, ends_at=a.ends_at, annotations=a.annotations, updated_at=now)
         )
-    return result
+    return result, changed
 
 
 async def _upsert_alerts(session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime) -> None:
@@ -142,31 +180,18 @@ async def _upsert_alerts(session: AsyncSession, routing: Routing, alerts: list[A
     await session.execute(_statement(session, "alerts"), rows)
 
 
-async def _join_groups(session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime) -> None:
-    groups: dict[str, dict[str, Any]] = {}
-    members: set[tuple[str, str]] = set()
-    for a in alerts:
-        for p in place(routing.tree, a.labels):
-            groups.setdefault(
-                p.group_id,
-                {"route_id": p.route.id, "receiver": p.route.receiver, "group_labels": p.group_labels},
-            )
-            members.add((p.group_id, a.fp))
-    await mark_due(session, routing, groups, now)
-    rows = [{"group_id": g, "fingerprint": fp, "pending": True} for g, fp in sorted(members)]
-    await session.execute(_statement(session, "members"), rows)
-
-
 async def mark_due(session: AsyncSession, routing: Routing, groups: dict[str, dict[str, Any]], now: datetime) -> None:
     """Create the groups that are new (due after group_wait) and make idle ones due: at
-    once, or when their group_interval since the last notification has passed."""
+    once, or when their group_interval since the last notification has passed. A group's
+    "at" (when the change came) is `now` unless it says otherwise."""
     if not groups:
         return
     rows = []
     for gid in sorted(groups):
-        g = groups[gid]
+        g = dict(groups[gid])
+        at = g.pop("at", now)
         wait = routing.timing(g["route_id"]).group_wait_s
-        rows.append({"id": gid, **g, "due_at": now + timedelta(seconds=wait), "notifications": 0, "created_at": now})
+        rows.append({"id": gid, **g, "due_at": at + timedelta(seconds=wait), "notifications": 0, "created_at": at})
     await session.execute(_statement(session, "groups"), rows)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,7 @@ from berth_alerts.events import event_alert
 from berth_alerts.grouping import Member, Muter, SilenceView, collapse, dedup_key, inhibit_keys, plan
 from berth_alerts.model import Matcher
 from berth_alerts.render import _ENV, DEFAULT_ALERT, Renderer, default_alert_line
-from berth_alerts.routing import build_tree, place
+from berth_alerts.routing import build_tree, group_id, place
 from berth_shared.bus import CloudEvent
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -256,6 +257,18 @@ def test_bus_events_map_by_type_from_the_table() -> None:
     assert c.status == "resolved" and c.fp == o.fp and o.annotations["summary"] == "leaked"
     created = CloudEvent(source="berth/provisioner", type="io.berth.volume.created.v1", berthtenant="t", data={})
     assert event_alert(created, [], NOW).labels["severity"] == "info"
+
+
+def test_group_ids_stay_what_they_were() -> None:
+    """Groups in the database keep their ids: the remembered id is the hash it always was."""
+    config = {"route": {"receiver": "r", "group_by": ["alertname", "b"]}, "receivers": [{"name": "r"}]}
+    tree = build_tree(AlertsConfig.model_validate(config))
+    for labels in ({"b": "2", "alertname": "X"}, {"alertname": "X", "b": "2"}, {"alertname": "Y"}):
+        gl = {n: labels.get(n, "") for n in tree.group_by}
+        blob = json.dumps([tree.id, tree.receiver, sorted(gl.items())], separators=(",", ":"))
+        want = hashlib.sha256(blob.encode()).hexdigest()[:32]
+        assert group_id(tree, gl) == want == group_id(tree, dict(reversed(gl.items())))
+        assert [p.group_id for p in place(tree, labels)] == [want]
 
 
 def test_the_default_alert_line_is_the_default_template() -> None:
