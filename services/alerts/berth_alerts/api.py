@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from berth_alerts import formats
 from berth_alerts import tables as t
+from berth_alerts.formats import parse_json
 from berth_alerts.service import AlertsService, Parser
 from berth_alerts.silences import Silence, SilenceCreate, Silences
 from berth_shared.errors import ResourceExhausted
@@ -57,20 +58,22 @@ async def post_alerts(request: Request, caller: Caller) -> Response:
     """Alertmanager-compatible: point Prometheus' and Loki's ruler `alertmanagers` here."""
     timeout = _svc(request).routing.config.resolve_timeout_s
     source = "loki" if "loki" in request.headers.get("user-agent", "").lower() else "prometheus"
-    await _ingest(request, caller, source, lambda doc, at: formats.from_postable(doc, source, at, timeout))
+    await _ingest(request, caller, source, lambda body, at: formats.from_postable_body(body, source, at, timeout))
     return Response(status_code=status.HTTP_200_OK)
 
 
 @router.post("/v1/ingest/alertmanager", tags=["ingest"])
 async def post_alertmanager(request: Request, caller: Caller) -> dict[str, int]:
     """An Alertmanager `webhook_configs` receiver (payload version 4)."""
-    return await _ingest(request, caller, "alertmanager", formats.from_alertmanager)
+    return await _ingest(
+        request, caller, "alertmanager", lambda body, at: formats.from_alertmanager(parse_json(body), at)
+    )
 
 
 @router.post("/v1/ingest/grafana", tags=["ingest"])
 async def post_grafana(request: Request, caller: Caller) -> dict[str, int]:
     """A Grafana webhook contact point (unified alerting, or legacy dashboard alerts)."""
-    return await _ingest(request, caller, "grafana", formats.from_grafana)
+    return await _ingest(request, caller, "grafana", lambda body, at: formats.from_grafana(parse_json(body), at))
 
 
 def _alert_out(r: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 from sqlalchemy import func, literal_column, select
@@ -19,7 +18,7 @@ from berth_alerts.config import AlertsConfig, AlertsSettings
 from berth_alerts.delivery import ReceiverWorker
 from berth_alerts.events import base_type, event_alert
 from berth_alerts.flush import flush_due
-from berth_alerts.formats import PayloadError, parse_json
+from berth_alerts.formats import PayloadError
 from berth_alerts.metrics import AlertMetrics
 from berth_alerts.model import Alert
 from berth_alerts.queue import release_own
@@ -32,7 +31,7 @@ from berth_shared.db import Database
 from berth_shared.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
-Parser = Callable[[Any, datetime], list[Alert]]
+Parser = Callable[[bytes, datetime], list[Alert]]  # the request body, when it came
 MAX_KEPT_BODY = 1024 * 1024  # a rejected body is kept up to this size
 GAUGE_EVERY_S = 5.0
 INGEST_WRITERS = 2
@@ -89,7 +88,7 @@ class AlertsService:
             self._count(source, IngestResult(duplicate=seen))
             return IngestResult(duplicate=seen)
         try:
-            alerts = parser(parse_json(body), at)
+            alerts = parser(body, at)
         except PayloadError as exc:
             await self._keep_rejected(caller, source, body, content_type, exc.detail, exc.errors)
             raise InvalidArgument(exc.detail, reason="malformed_payload", errors=exc.errors) from None

@@ -101,6 +101,19 @@ def test_prometheus_and_loki_posts() -> None:
     assert again[0].fp == alerts[0].fp
 
 
+def test_postable_bodies_parse_as_their_documents() -> None:
+    """The one-pass parse of a body gives what json.loads then validation gives, errors too."""
+    for doc in (PROMETHEUS_POST, LOKI_POST, [{**PROMETHEUS_POST[0], "extra": {"x": [1]}, "endsAt": None}]):
+        body = json.dumps(doc).encode()
+        assert formats.from_postable_body(body, "prometheus", NOW) == formats.from_postable(doc, "prometheus", NOW)
+    for bad in (b"[{", b"{}", b'[{"labels": {}}]', b'[{"labels": {"bad name": "x"}}]', b"\xff", b"[NaN]"):
+        with pytest.raises(formats.PayloadError) as fast:
+            formats.from_postable_body(bad, "prometheus", NOW)
+        with pytest.raises(formats.PayloadError) as slow:
+            formats.from_postable(formats.parse_json(bad), "prometheus", NOW)
+        assert (fast.value.detail, fast.value.errors) == (slow.value.detail, slow.value.errors)
+
+
 def test_grafana_unified_and_legacy() -> None:
     [u] = formats.from_grafana(GRAFANA_UNIFIED, NOW)
     assert u.status == "firing" and u.ends_at is None and u.labels["grafana_org"] == "1"
