@@ -40,7 +40,12 @@ async def load_muter(session: AsyncSession, routing: Routing, now: datetime) -> 
     return Muter(silences, routing.rules, inhibitors)
 
 
-async def flush_due(session: AsyncSession, routing: Routing, now: datetime, limit: int = 200) -> tuple[int, int]:
+FLUSH_BATCH = 200  # groups per transaction
+
+
+async def flush_due(
+    session: AsyncSession, routing: Routing, now: datetime, limit: int = FLUSH_BATCH
+) -> tuple[int, int]:
     """Flush up to `limit` due groups; return how many, and how many notifications were queued."""
     g_ = t.alert_groups.c
     due = (

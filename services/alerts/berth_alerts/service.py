@@ -17,7 +17,7 @@ from berth_alerts.committer import GroupCommitter, RecentBodies
 from berth_alerts.config import AlertsConfig, AlertsSettings
 from berth_alerts.delivery import ReceiverWorker
 from berth_alerts.events import base_type, event_alert
-from berth_alerts.flush import flush_due
+from berth_alerts.flush import FLUSH_BATCH, flush_due
 from berth_alerts.formats import PayloadError
 from berth_alerts.metrics import AlertMetrics
 from berth_alerts.model import Alert
@@ -191,8 +191,8 @@ class AlertsService:
                     gauges_at = time.monotonic()
                     await self.refresh_gauges()
                 groups, _ = await self.flush_once()
-                if groups:
-                    continue  # more may be due
+                if groups >= FLUSH_BATCH:
+                    continue  # a full batch: more are due
             except asyncio.CancelledError:
                 raise
             except Exception:
