@@ -74,9 +74,9 @@ def ensure_packages(timeout: float = 600.0) -> None:
         raise CephUnavailable(f"installed {' '.join(PACKAGES)} but still missing: {', '.join(still)}")
 
 
-def _free_port() -> int:
+def _free_port(address: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
@@ -114,6 +114,10 @@ class CephCluster:
 
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="berth-ceph-", dir="/tmp")))
     objectstore: ObjectStore = "memstore"
+    # Where every daemon binds and what the monmap advertises: loopback, or an address that
+    # processes in other network namespaces reach (a partition lab's bridge, `Lab.gateway`,
+    # which must exist before `start()`).
+    address: str = "127.0.0.1"
     fsid: str = field(default_factory=lambda: str(uuid.uuid4()))
     timings: dict[str, float] = field(default_factory=dict)
     _daemons: dict[str, _Daemon] = field(default_factory=dict)
@@ -131,6 +135,10 @@ class CephCluster:
     def keyring(self) -> Path:
         """client.admin only (the mon keyring with `mon.` is separate)."""
         return self.base / "admin.keyring"
+
+    @property
+    def mon_addrs(self) -> str:
+        return f"[v2:{self.address}:{self.v2_port},v1:{self.address}:{self.v1_port}]"
 
     @property
     def user(self) -> str:
@@ -170,7 +178,7 @@ class CephCluster:
     def _write_config(self) -> None:
         for sub in ("log", "run", "mon.a", "mgr.x", "osd.0", "mds.a"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
-        self.v2_port, self.v1_port = _free_port(), _free_port()
+        self.v2_port, self.v1_port = _free_port(self.address), _free_port(self.address)
         b = self.base
         store = (
             f"osd objectstore = bluestore\nbluestore block path = {b}/osd.0.block\nbluestore block create = true\n"
@@ -185,8 +193,8 @@ class CephCluster:
         self.conf.write_text(
             f"""[global]
 fsid = {self.fsid}
-mon host = [v2:127.0.0.1:{self.v2_port},v1:127.0.0.1:{self.v1_port}]
-public addr = 127.0.0.1
+mon host = {self.mon_addrs}
+public addr = {self.address}
 auth cluster required = cephx
 auth service required = cephx
 auth client required = cephx
@@ -267,7 +275,7 @@ mds tick interval = 0.2
         self._tool("ceph-authtool", "--create-keyring", mon_kr, "--gen-key", "-n", "mon.", "--cap", "mon", "allow *")
         self._tool("ceph-authtool", mon_kr, "--import-keyring", str(self.keyring))
         monmap = str(b / "monmap")
-        addrs = f"[v2:127.0.0.1:{self.v2_port},v1:127.0.0.1:{self.v1_port}]"
+        addrs = self.mon_addrs
         self._tool(
             "monmaptool",
             "--create",
@@ -465,3 +473,18 @@ mds tick interval = 0.2
         self._t0 = time.monotonic()
         self._spawn("osd.0", ["ceph-osd", "-f", "-i", "0"])
         self._wait_healthy(time.monotonic() + timeout)
+
+
+def attach_skip_reason(kind: Literal["rbd", "cephfs"]) -> str | None:
+    """Why this host cannot attach a Ceph volume of `kind` on the node side (None: it can)."""
+    from berth_shared.node import ceph as node_ceph
+
+    if os.geteuid() != 0:
+        return "needs root (loop devices, fuse mounts)"
+    if kind == "rbd" and not node_ceph.rbd_methods():
+        return "needs a way to attach RBD here: the rbd module, rbd-nbd with /dev/nbd*, or rbd-fuse + losetup"
+    if kind == "rbd" and not shutil.which("mkfs.ext4"):
+        return "needs mkfs.ext4"
+    if kind == "cephfs" and not node_ceph.cephfs_methods():
+        return "needs ceph-fuse with /dev/fuse, or the kernel CephFS client"
+    return None

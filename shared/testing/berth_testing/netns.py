@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
 
@@ -96,6 +97,13 @@ class NetNode:
             _nft(self.name, f"delete table inet {TABLE}\n")
             self.cut_state = None
 
+    def reaches(self, host: str, port: int, timeout_s: float = 2.0) -> bool:
+        """Whether a TCP connection from inside this namespace to `host:port` succeeds now
+        (a fresh connection: what a client reconnecting to that service would get)."""
+        probe = f"import socket; socket.create_connection(({host!r}, {port}), timeout={timeout_s}).close()"
+        argv = self.argv([sys.executable, "-c", probe])
+        return subprocess.run(argv, capture_output=True, timeout=timeout_s + 10, check=False).returncode == 0
+
 
 @dataclass
 class Lab:
@@ -107,6 +115,7 @@ class Lab:
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     nodes: list[NetNode] = field(default_factory=list)
     _up: bool = False
+    _made: int = 0  # nodes ever added: addresses and names are never reused
 
     @property
     def bridge(self) -> str:
@@ -124,7 +133,10 @@ class Lab:
         return self
 
     def add_node(self) -> NetNode:
-        index = len(self.nodes) + 2
+        self._made += 1
+        index = self._made + 1
+        if index > 254:
+            raise RuntimeError(f"lab {self.prefix}.0/24 has no address left")
         name = f"bns{self.tag}{index}"
         node = NetNode(name, f"{self.prefix}.{index}", self.gateway)
         _ip("netns", "add", name)
@@ -139,11 +151,17 @@ class Lab:
         _ip("link", "set", "lo", "up", netns=name)
         return node
 
+    def remove(self, node: NetNode) -> None:
+        """Remove one node's namespace (its veth pair goes with it): labs shared by several
+        tests (a Ceph cluster listening on the bridge) give each test nodes of its own."""
+        subprocess.run(["ip", "netns", "del", node.name], capture_output=True, check=False)
+        if node in self.nodes:
+            self.nodes.remove(node)
+
     def down(self) -> None:
         """Remove the namespaces (their veth ends go with them) and the bridge."""
-        for node in self.nodes:
-            subprocess.run(["ip", "netns", "del", node.name], capture_output=True, check=False)
-        self.nodes.clear()
+        for node in list(self.nodes):
+            self.remove(node)
         if self._up:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
             self._up = False

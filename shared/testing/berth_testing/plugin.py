@@ -101,16 +101,23 @@ def ceph() -> Iterator[CephCluster]:
     an RBD pool `rbd` (plus `rbd-data`) and a file system `cephfs`. Installs the Debian
     packages when missing. Skips with the reason when Ceph cannot run here, unless
     BERTH_REQUIRE_CEPH=1 (CI on machines that can run it), where that is a failure."""
+    cluster = start_ceph(CephCluster())
+    yield cluster
+    cluster.stop()
+
+
+def start_ceph(cluster: CephCluster) -> CephCluster:
+    """Install the packages when missing and start `cluster`; skip the test with the reason
+    when Ceph cannot run here, or fail it under BERTH_REQUIRE_CEPH=1. (For fixtures that need
+    a cluster of their own, e.g. one bound to a partition lab's bridge.)"""
     try:
         ensure_packages()
-        cluster = CephCluster()
         cluster.start()
     except (CephUnavailable, OSError) as exc:
         if os.environ.get(CEPH_REQUIRED_ENV) == "1":
             pytest.fail(f"{CEPH_REQUIRED_ENV}=1 but a real Ceph cannot run here: {exc}", pytrace=False)
         pytest.skip(f"no real Ceph on this machine: {exc}")
-    yield cluster
-    cluster.stop()
+    return cluster
 
 
 @pytest.fixture(scope="session")
