@@ -184,9 +184,14 @@ def _attach_fuse(
     fuse_dir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"rbd-fuse-{pool}-{image}.log"
     # Foreground in its own session: we know its pid, and it outlives a restart of the caller.
+    # librbd's cache off: rbd-fuse answers every fsync with 0 whatever its rbd_flush returned
+    # (rbdfs_fsync), so with the cache on (writeback from the first flush on) a write still
+    # cached when a fence lands is acknowledged and lost: seen once in the partition test, an
+    # fsynced record of the fenced node missing on the next owner's mount. Without the cache
+    # each write has reached the OSD when rbd-fuse answers it, and a fenced one fails (EIO).
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            ["rbd-fuse", "-f", *_ceph_args(spec), "-p", pool, "-r", image, str(fuse_dir)],
+            ["rbd-fuse", "-f", *_ceph_args(spec), "--rbd-cache=false", "-p", pool, "-r", image, str(fuse_dir)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
