@@ -8,6 +8,7 @@ Each notification is keyed by (group, receiver, alert-set, state): the dedup key
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -32,8 +33,8 @@ class Member:
     pending: bool
     notified: str | None
 
-    @property
-    def tag(self) -> str:
+    @functools.cached_property
+    def tag(self) -> str:  # asked several times per flush: computed once
         return f"{self.status}@{self.starts_at.isoformat()}"
 
     def as_payload(self) -> dict[str, Any]:

@@ -19,8 +19,11 @@ SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
 LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options makes one a call
+
+
 def fingerprint(labels: dict[str, str]) -> str:
-    blob = json.dumps(sorted(labels.items()), separators=(",", ":"))
+    blob = _COMPACT.encode(sorted(labels.items()))
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

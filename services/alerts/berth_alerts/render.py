@@ -58,8 +58,11 @@ def default_alert_line(alert: dict[str, Any]) -> str:
     return "".join(out)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # json.dumps would make one per call
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def check_templates(receiver: ReceiverConfig) -> None:
