@@ -59,7 +59,12 @@ async def claim(
                 .values(state="expired", finished_at=now, last_error="older than the receiver's max_age")
             )
         )
-        open_ = or_(d_.state == "pending", and_(d_.state == "sending", d_.claim_until < now))
+        # `state IN` first: the queue index then finds the open rows, where the OR alone made
+        # every claim read all of the receiver's history (delivered rows are kept).
+        open_ = and_(
+            d_.state.in_(("pending", "sending")),
+            or_(d_.state == "pending", d_.claim_until < now),
+        )
         busy = set(
             (
                 await s.execute(
