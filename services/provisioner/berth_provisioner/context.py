@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row
 
@@ -15,29 +15,32 @@ from berth_provisioner.capacity import CapacityCache
 from berth_shared.backends import Backend, BackendCache, Capacity
 from berth_shared.db import Database, EventWriter
 from berth_shared.errors import NotFound
+from berth_shared.messages.provisioner import Volume
 from berth_shared.operations import OperationRunner
+
+T = TypeVar("T")
 
 GIB = 1024**3
 
 
-class Handoff:
-    """Volume rows one step has just committed, for the next step in this process, which
-    then needs no read back: the create's recorded row for its backend step, the finished
-    row (RETURNING) for the caller waiting to answer. Bounded: rows nobody takes (the caller
-    gave up waiting; an attempt that failed) go oldest first, and a step that finds none
-    reads the row as before."""
+class Handoff(Generic[T]):
+    """What one step has just committed, for the next step in this process, which then
+    needs no read back: the create's recorded row for its backend step, the finished
+    volume (from RETURNING) for the caller waiting to answer. Bounded: entries nobody takes
+    (the caller gave up waiting; an attempt that failed) go oldest first, and a step that
+    finds none reads the row as before."""
 
     def __init__(self, limit: int = 1024) -> None:
         self.limit = limit
-        self._rows: dict[str, Mapping[str, Any]] = {}
+        self._items: dict[str, T] = {}
 
-    def put(self, key: str, row: Mapping[str, Any]) -> None:
-        self._rows[key] = row
-        while len(self._rows) > self.limit:
-            self._rows.pop(next(iter(self._rows)))
+    def put(self, key: str, item: T) -> None:
+        self._items[key] = item
+        while len(self._items) > self.limit:
+            self._items.pop(next(iter(self._items)))
 
-    def take(self, key: str) -> Mapping[str, Any] | None:
-        return self._rows.pop(key, None)
+    def take(self, key: str) -> T | None:
+        return self._items.pop(key, None)
 
 
 @dataclass
@@ -49,8 +52,8 @@ class Context:
     default_quota: tuple[int, int]
     backends: BackendCache = field(default_factory=BackendCache)
     capacity: CapacityCache = field(default_factory=CapacityCache)
-    recorded: Handoff = field(default_factory=Handoff)
-    finished: Handoff = field(default_factory=Handoff)
+    recorded: Handoff[Mapping[str, Any]] = field(default_factory=Handoff)
+    finished: Handoff[Volume] = field(default_factory=Handoff)
 
     def backend_of(self, cluster: Row[Any]) -> Backend:
         """The backend for a cluster row (no DB access: safe inside a transaction)."""

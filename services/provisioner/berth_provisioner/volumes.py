@@ -104,9 +104,9 @@ class Volumes:
         checkpoint("volume.create.after_record")
         self.ctx.runner.launch(started.op["id"], fresh=started.op)
         await self.ctx.runner.wait(started.op["id"], wait_s)
-        # The finishing transaction's row (RETURNING), when it ran here: no read back.
-        row = self.ctx.finished.take(started.volume_id)
-        return repo.volumes.out(row) if row is not None else await self.get(p, started.volume_id)
+        # The finishing transaction's volume (RETURNING), when it ran here: no read back.
+        vol = self.ctx.finished.take(started.volume_id)
+        return vol if vol is not None else await self.get(p, started.volume_id)
 
     async def _replay_create(self, row: Row[Any], req: VolumeCreate, wait_s: float) -> Volume:
         same = (

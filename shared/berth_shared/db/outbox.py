@@ -27,15 +27,33 @@ from berth_shared.telemetry import Metrics, inject_headers
 
 log = logging.getLogger(__name__)
 
+# An event to emit: (tenant, noun, verb, subject id, data).
+Emitted = tuple[str, str, str, str, dict[str, Any]]
+
+
+def _outbox_row(subject: str, event: CloudEvent, traceparent: str | None) -> dict[str, Any]:
+    if event.traceparent is None:
+        event.traceparent = traceparent
+    return {"event_id": event.id, "subject": subject, "payload": event.model_dump_json()}
+
+
+def _current_traceparent() -> str | None:
+    carrier: dict[str, str] = {}
+    inject_headers(carrier)
+    return carrier.get("traceparent")
+
 
 async def enqueue(session: AsyncSession, tables: BusTables, subject: str, event: CloudEvent) -> None:
-    if event.traceparent is None:
-        carrier: dict[str, str] = {}
-        inject_headers(carrier)
-        event.traceparent = carrier.get("traceparent")
-    await session.execute(
-        tables.outbox.insert().values(event_id=event.id, subject=subject, payload=event.model_dump_json())
-    )
+    await enqueue_many(session, tables, [(subject, event)])
+
+
+async def enqueue_many(session: AsyncSession, tables: BusTables, events: list[tuple[str, CloudEvent]]) -> None:
+    """Several events in one statement (a batch finishing together: one round trip)."""
+    if not events:
+        return
+    traceparent = _current_traceparent()
+    rows = [_outbox_row(subject, event, traceparent) for subject, event in events]
+    await session.execute(tables.outbox.insert(), rows)
 
 
 class OutboxRelay:
@@ -131,6 +149,14 @@ class EventWriter:
             service=self.service, tenant=tenant, noun=noun, verb=verb, subject_id=subject_id, data=data
         )
         await enqueue(session, self.tables, subject, event)
+
+    async def emit_many(self, session: AsyncSession, events: list[Emitted]) -> None:
+        """Several events (tenant, noun, verb, subject id, data) in one INSERT."""
+        built = [
+            new_event(service=self.service, tenant=tenant, noun=noun, verb=verb, subject_id=sid, data=data)
+            for tenant, noun, verb, sid, data in events
+        ]
+        await enqueue_many(session, self.tables, built)
 
     def notify(self) -> None:
         if self.relay:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -147,6 +147,10 @@ class OperationRunner:
     async def mark_done(self, s: AsyncSession, op_id: str) -> None:
         """Mark an operation done inside the caller's transaction (with its final state)."""
         await self.store.close_in(s, op_id, DONE, None, now())
+
+    async def mark_all_done(self, s: AsyncSession, op_ids: Collection[str]) -> None:
+        """Mark several operations done in one statement inside the caller's transaction."""
+        await self.store.close_all_in(s, op_ids, DONE, None, now())
 
     # -- callers waiting ---------------------------------------------------------------
 

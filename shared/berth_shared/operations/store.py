@@ -79,10 +79,20 @@ class OperationStore:
 
     async def close_in(self, s: AsyncSession, op_id: str, state: str, error: str | None, at: datetime) -> None:
         """Finish an operation inside the caller's transaction (with the change it made)."""
+        await self.close_all_in(s, [op_id], state, error, at)
+
+    async def close_all_in(
+        self, s: AsyncSession, op_ids: Collection[str], state: str, error: str | None, at: datetime
+    ) -> None:
+        """Finish several operations at once inside the caller's transaction (one UPDATE)."""
         values: dict[str, Any] = {"state": state, "error": error, "lease_until": None}
         if self._touch:
             values["updated_at"] = at
-        await s.execute(update(self.table).where(self._c.id == op_id, self._c.state == PENDING).values(**values))
+        ids = list(op_ids)
+        if not ids:
+            return
+        where = self._c.id == ids[0] if len(ids) == 1 else self._c.id.in_(ids)
+        await s.execute(update(self.table).where(where, self._c.state == PENDING).values(**values))
 
     async def close(self, op_id: str, state: str, error: str | None, at: datetime) -> None:
         async with self.db.transaction() as s:

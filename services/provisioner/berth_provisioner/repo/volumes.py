@@ -64,6 +64,20 @@ async def move(
     return (await session.execute(stmt.returning(*t.volumes.c))).first()
 
 
+async def move_all(session: AsyncSession, volume_ids: list[str], status: str, event: str) -> list[Row[Any]]:
+    """`move` for several volumes last seen in `status` at once (one UPDATE ... RETURNING):
+    the rows that moved, in no particular order (those that had moved on are left out)."""
+    target = VOLUME.target(status, event)
+    assert target is not GONE, "move_all updates; a deletion goes through move"
+    stmt = (
+        update(t.volumes)
+        .where(v.id.in_(volume_ids), v.status == status)
+        .values(status=target, updated_at=now())
+        .returning(*t.volumes.c)
+    )
+    return list((await session.execute(stmt)).all())
+
+
 async def place(session: AsyncSession, volume_id: str, cluster_id: str, zone: str) -> None:
     """Record the volume on another cluster (placement's first choice filled up meanwhile)."""
     await session.execute(update(t.volumes).where(v.id == volume_id).values(cluster_id=cluster_id, zone=zone))
