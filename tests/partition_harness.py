@@ -12,6 +12,7 @@ reboot that finally unfences it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import shutil
 import tempfile
@@ -119,6 +120,7 @@ async def partition_stack(
     workdir = Path(tempfile.mkdtemp(prefix="bpart-", dir="/tmp"))
     async with AsyncExitStack() as es:
         es.callback(shutil.rmtree, workdir, True)
+        es.callback(_unmount_under, workdir)  # before the rmtree: never delete through a mount
         net_a, net_b = lab.add_node(), lab.add_node()
         es.callback(lab.remove, net_a)
         es.callback(lab.remove, net_b)
@@ -160,6 +162,15 @@ async def partition_stack(
             for node in nodes:  # shown with the failure
                 print(f"--- {node.node_id}'s CSI node service, last lines:\n{node.tail()}")
             raise
+
+
+def _unmount_under(workdir: Path) -> None:
+    """What a failed test left mounted under the work dir (a publish's bind mount of a dead
+    fuse client, say) goes, lazily: nothing there answers any more."""
+    root = str(workdir) + "/"
+    for m in sorted((m for m in mounts.table() if m.target.startswith(root)), key=lambda m: -len(m.target)):
+        with contextlib.suppress(Exception):
+            mounts.umount(m.target, lazy=True)
 
 
 async def _known_alive(st: Stack, node_id: str) -> bool:

@@ -124,7 +124,7 @@ def _client_address(st: Stack, volume_id: str) -> str:
 
 
 @pytest.mark.parametrize("cut", ["nats", "all"])
-@pytest.mark.parametrize("kind", ["rbd"])  # CephFS joins once its run passes here
+@pytest.mark.parametrize("kind", ["rbd", "cephfs"])
 async def test_partitioned_ceph_holder_is_fenced_at_the_storage_before_the_volume_moves(
     make_settings: MakeSettings,
     tenants: Tenants,

@@ -22,10 +22,20 @@ import grpc
 
 from berth_csi.pb import csi, rpc
 from berth_csi.server import probe
+from berth_shared.node import mounts
 from berth_testing.netns import NetNode
 
 AM = csi.VolumeCapability.AccessMode
 CALL_S = 30.0
+
+
+def _kubelet_dir(path: str) -> None:
+    """The directory kubelet makes before a call, unless it is a mount point already (by the
+    mount table, never a stat: a cut-off ceph-fuse's mount point fails a stat with ESHUTDOWN,
+    or hangs it until the network heals). The call then goes to the node service, which
+    decides."""
+    if not mounts.is_mounted(path):
+        os.makedirs(path, exist_ok=True)
 
 
 def mount_cap(mode: int = AM.SINGLE_NODE_WRITER) -> Any:
@@ -125,7 +135,7 @@ class CsiNode:
 
     def stage(self, volume_id: str, publish_context: dict[str, str], cap: Any = None) -> str:
         staging = self.staging_path(volume_id)
-        os.makedirs(staging, exist_ok=True)
+        _kubelet_dir(staging)
         req = csi.NodeStageVolumeRequest(
             volume_id=volume_id,
             publish_context=publish_context,
@@ -137,7 +147,7 @@ class CsiNode:
 
     def publish(self, volume_id: str, cap: Any = None) -> str:
         target = self.target_path(volume_id)
-        os.makedirs(target, exist_ok=True)
+        _kubelet_dir(target)
         req = csi.NodePublishVolumeRequest(
             volume_id=volume_id,
             staging_target_path=self.staging_path(volume_id),
