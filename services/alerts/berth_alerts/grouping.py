@@ -161,6 +161,8 @@ class Muter:
         return None
 
     def inhibited(self, fp: str, labels: dict[str, str]) -> bool:
+        if not self.inhibitors:  # nothing inhibits now: no rule's target needs matching
+            return False
         for i, (_, target, equal) in enumerate(self.rules):
             if matches_all(target, labels):
                 sources = self.inhibitors.get(f"{i}:{equal_hash(equal, labels)}")
@@ -169,7 +171,7 @@ class Muter:
         return False
 
     def __call__(self, m: Member) -> bool:
-        return self.silenced_by(m.labels) is not None or self.inhibited(m.fp, m.labels)
+        return (bool(self.silences) and self.silenced_by(m.labels) is not None) or self.inhibited(m.fp, m.labels)
 
 
 def inhibit_keys(
