@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, select, update
+from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -76,108 +76,118 @@ async def ingest_many(
 ) -> list[IngestResult]:
     """Requests (alerts, received at) stored in one transaction as if one after the other.
 
-    Their groups and memberships are written once for all of them: a storm's requests each
-    touch the same groups, and a group row per request and alert group was as many rows
-    as alerts. A group takes the time of the first request that changed it, as it would
-    have one request at a time (later ones leave a due group's timer alone)."""
+    Each request is judged against what the ones before it left (the database's rows,
+    read once for the batch, updated here as the batch changes them); the batch is then
+    written in a few statements: the alerts' final rows, their groups and memberships
+    once for all requests. A storm's requests each touch the same groups, and a group
+    row per request and group was as many rows as alerts. A group takes the time of the
+    first request that changed it, as it did one request at a time (later ones leave a
+    due group's timer alone). Lock order: alerts (by fingerprint), groups, members."""
+    state = await _known(session, sorted({a.fp for alerts, _ in requests for a in alerts}))
     results: list[IngestResult] = []
+    rows: dict[str, dict[str, Any]] = {}  # fingerprint -> its new row (new or changed)
+    touches: dict[str, dict[str, Any]] = {}  # fingerprint -> a later endsAt for a known row
     groups: dict[str, dict[str, Any]] = {}
     members: set[tuple[str, str]] = set()
     for alerts, now in requests:
-        result, changed = await _store_alerts(session, routing, alerts, now)
+        result = IngestResult()
+        by_fp: dict[str, Alert] = {}
+        for a in alerts:
+            if a.fp in by_fp:
+                result.duplicate += 1
+            by_fp[a.fp] = a  # the last copy in one request wins
+        for fp in sorted(by_fp):
+            a = by_fp[fp]
+            old = state.get(fp)
+            if old is None or old[0] != a.status or (a.status == "resolved" and old[1] != a.starts_at):
+                if old is None:
+                    result.new += 1
+                else:
+                    result.changed += 1
+                rows[fp] = _row(routing, a, now)
+                touches.pop(fp, None)  # the whole row is written: it has the later values
+                state[fp] = (a.status, a.starts_at, a.ends_at)
+                for p in place(routing.tree, a.labels):
+                    if p.group_id not in groups:
+                        groups[p.group_id] = {
+                            "route_id": p.route.id,
+                            "receiver": p.route.receiver,
+                            "group_labels": p.group_labels,
+                            "at": now,
+                        }
+                    members.add((p.group_id, a.fp))
+                continue
+            result.duplicate += 1
+            if a.status == "firing" and old[1] != a.starts_at:
+                # The same firing alert from the other half of an HA pair (it evaluated at
+                # another moment): one episode, which started at the earlier time. Not news.
+                a.starts_at = min(a.starts_at, old[1])
+            elif old[2] == a.ends_at:
+                continue
+            # The same alert again, with a later endsAt: it keeps firing.
+            touch = {"starts_at": a.starts_at, "ends_at": a.ends_at, "annotations": a.annotations, "updated_at": now}
+            if fp in rows:
+                rows[fp].update(touch)
+            else:
+                touches[fp] = {"t_fp": fp, **{f"t_{k}": v for k, v in touch.items()}}
+            state[fp] = (old[0], a.starts_at, a.ends_at)
         results.append(result)
-        for a in changed:
-            for p in place(routing.tree, a.labels):
-                if p.group_id not in groups:
-                    groups[p.group_id] = {
-                        "route_id": p.route.id,
-                        "receiver": p.route.receiver,
-                        "group_labels": p.group_labels,
-                        "at": now,
-                    }
-                members.add((p.group_id, a.fp))
+    if rows:
+        await session.execute(_statement(session, "alerts"), [rows[fp] for fp in sorted(rows)])
+    if touches:
+        await session.execute(_TOUCH, [touches[fp] for fp in sorted(touches)])
     if groups:
         await mark_due(session, routing, groups, requests[0][1])
-        rows = [{"group_id": g, "fingerprint": fp, "pending": True} for g, fp in sorted(members)]
-        await session.execute(_statement(session, "members"), rows)
+        await session.execute(
+            _statement(session, "members"),
+            [{"group_id": g, "fingerprint": fp, "pending": True} for g, fp in sorted(members)],
+        )
     return results
 
 
-async def _store_alerts(
-    session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime
-) -> tuple[IngestResult, list[Alert]]:
-    """Upsert one request's alerts; its outcome, and the alerts that are news (new or changed)."""
-    result = IngestResult()
-    by_fp: dict[str, Alert] = {}
-    for a in alerts:
-        if a.fp in by_fp:
-            result.duplicate += 1
-        by_fp[a.fp] = a  # the last copy in one request wins
-    fps = sorted(by_fp)
-    known: dict[str, Any] = {}
+async def _known(session: AsyncSession, fps: list[str]) -> dict[str, tuple[str, datetime, datetime | None]]:
+    """(status, starts_at, ends_at) of the alerts stored under these fingerprints."""
+    a_ = t.alerts.c
+    known: dict[str, tuple[str, datetime, datetime | None]] = {}
     for i in range(0, len(fps), CHUNK):
-        rows = await session.execute(
-            select(t.alerts.c.fingerprint, t.alerts.c.status, t.alerts.c.starts_at, t.alerts.c.ends_at).where(
-                t.alerts.c.fingerprint.in_(fps[i : i + CHUNK])
-            )
+        found = await session.execute(
+            select(a_.fingerprint, a_.status, a_.starts_at, a_.ends_at).where(a_.fingerprint.in_(fps[i : i + CHUNK]))
         )
-        known.update({r.fingerprint: r for r in rows})
-    changed: list[Alert] = []
-    touched: list[Alert] = []
-    for fp in fps:
-        a = by_fp[fp]
-        old = known.get(fp)
-        if old is None:
-            result.new += 1
-            changed.append(a)
-        elif old.status != a.status or (a.status == "resolved" and old.starts_at != a.starts_at):
-            result.changed += 1
-            changed.append(a)
-        elif a.status == "firing" and old.starts_at != a.starts_at:
-            # The same firing alert from the other half of an HA pair (it evaluated at another
-            # moment): one episode, which started at the earlier time. Not news.
-            result.duplicate += 1
-            a.starts_at = min(a.starts_at, old.starts_at)
-            touched.append(a)
-        elif old.ends_at != a.ends_at:
-            result.duplicate += 1
-            touched.append(a)
-        else:
-            result.duplicate += 1
-    if changed:
-        await _upsert_alerts(session, routing, changed, now)
-    for a in touched:  # the same alert again, with a later endsAt: it keeps firing
-        await session.execute(
-            update(t.alerts)
-            .where(t.alerts.c.fingerprint == a.fp)
-            .values(starts_at=a.starts_at, ends_at=a.ends_at, annotations=a.annotations, updated_at=now)
-        )
-    return result, changed
+        known.update({fp: (status, starts, ends) for fp, status, starts, ends in found})
+    return known
 
 
-async def _upsert_alerts(session: AsyncSession, routing: Routing, alerts: list[Alert], now: datetime) -> None:
-    rows = []
-    for a in alerts:
-        keys = inhibit_keys(routing.rules, a.labels)
-        rows.append(
-            {
-                "fingerprint": a.fp,
-                "labels": a.labels,
-                "annotations": a.annotations,
-                "status": a.status,
-                "starts_at": a.starts_at,
-                "ends_at": a.ends_at,
-                "source": a.source,
-                "generator_url": a.generator_url,
-                "tenant": a.labels.get("tenant"),
-                "oneshot": a.oneshot,
-                "inhibits": keys or None,
-                "inhibit_source": bool(keys),
-                "changed_at": now,
-                "updated_at": now,
-            }
-        )
-    await session.execute(_statement(session, "alerts"), rows)
+def _row(routing: Routing, a: Alert, now: datetime) -> dict[str, Any]:
+    keys = inhibit_keys(routing.rules, a.labels)
+    return {
+        "fingerprint": a.fp,
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "status": a.status,
+        "starts_at": a.starts_at,
+        "ends_at": a.ends_at,
+        "source": a.source,
+        "generator_url": a.generator_url,
+        "tenant": a.labels.get("tenant"),
+        "oneshot": a.oneshot,
+        "inhibits": keys or None,
+        "inhibit_source": bool(keys),
+        "changed_at": now,
+        "updated_at": now,
+    }
+
+
+_a = t.alerts.c
+_TOUCH = (
+    update(t.alerts)
+    .where(_a.fingerprint == bindparam("t_fp"))
+    .values(
+        starts_at=bindparam("t_starts_at"),
+        ends_at=bindparam("t_ends_at"),
+        annotations=bindparam("t_annotations"),
+        updated_at=bindparam("t_updated_at"),
+    )
+)
 
 
 async def mark_due(session: AsyncSession, routing: Routing, groups: dict[str, dict[str, Any]], now: datetime) -> None:

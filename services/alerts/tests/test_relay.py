@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alerts_fakes import Messenger, serve
 from alerts_harness import alerts_app, alerts_settings, am_alert, am_webhook, simple_config, write_config
+from sqlalchemy import select
 
+from berth_alerts import tables as t
+from berth_alerts.model import Alert
+from berth_alerts.service import AlertsService
+from berth_alerts.store import ingest, ingest_many
 from berth_testing import MakeSettings, Tenants, eventually
 
 
@@ -95,3 +101,58 @@ async def test_an_ha_pair_of_prometheus_with_its_own_start_times_is_one_alert(
             assert stored["starts_at"].startswith("2026-12-03T10:00:15")  # the episode's start: the earlier
             metrics = (await http.get("/metrics")).text
             assert 'berth_alerts_received_total{outcome="duplicate",source="prometheus"} 3.0' in metrics
+
+
+async def test_a_shared_ingest_transaction_stores_what_its_requests_would_one_by_one(
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
+) -> None:
+    """The committer's batches: each request judged against what the earlier ones left."""
+    cfg = write_config(tmp_path, simple_config("http://127.0.0.1:9"))
+    async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (app, _):
+        svc: AlertsService = app.state.alerts
+        t0 = datetime.now(UTC).replace(microsecond=0)
+
+        def at(s: int) -> datetime:
+            return t0 + timedelta(seconds=s)
+
+        def requests(copy: str) -> list[tuple[list[Alert], datetime]]:
+            def a(name: str, status: str, starts: int, ends: int, note: str = "") -> Alert:
+                labels = {"alertname": name, "copy": copy, "severity": "warning"}
+                return Alert(labels, {"n": note}, status, at(starts), at(ends), "prometheus")  # type: ignore[arg-type]
+
+            return [
+                ([a("X", "firing", -60, 300), a("Y", "firing", -60, 300)], at(1)),
+                ([a("X", "firing", -90, 310, "twin")], at(2)),  # the HA twin: earlier start, later end
+                ([a("X", "firing", -90, 310, "twin"), a("Y", "resolved", -60, 3)], at(3)),
+                ([a("X", "firing", -60, 320, "again")], at(4)),
+            ]
+
+        async with svc.db.transaction() as s:
+            batched = await ingest_many(s, svc.routing, requests("batch"))
+        one_by_one = []
+        for alerts, when in requests("single"):
+            async with svc.db.transaction() as s:
+                one_by_one.append(await ingest(s, svc.routing, alerts, when))
+        assert batched == one_by_one
+        assert [(r.new, r.changed, r.duplicate) for r in batched] == [(2, 0, 0), (0, 0, 1), (0, 1, 1), (0, 0, 1)]
+
+        m_ = t.group_members.c
+        async with svc.db.sessions() as s:
+            rows = (await s.execute(select(t.alerts))).all()
+            members = (await s.execute(select(m_.fingerprint, m_.pending))).all()
+        stored = {
+            (r.labels["copy"], r.labels["alertname"]): (
+                r.status,
+                r.starts_at,
+                r.ends_at,
+                r.annotations,
+                r.changed_at,
+                r.updated_at,
+            )
+            for r in rows
+        }
+        for name in ("X", "Y"):
+            assert stored[("batch", name)] == stored[("single", name)]
+        assert stored[("batch", "X")] == ("firing", at(-90), at(320), {"n": "again"}, at(1), at(4))
+        assert stored[("batch", "Y")][0] == "resolved" and stored[("batch", "Y")][4] == at(3)
+        assert len(members) == 4 and all(p for _, p in members)
