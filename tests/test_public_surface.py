@@ -11,10 +11,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("backends", "bus", "db", "natsauth", "node", "operations")
-# Modules importable by name: one backend implementation each (and its constants, and the
-# file backend's cgroup throttle, `blkio`).
+# Modules importable by name: one backend implementation each (and its constants, the Ceph
+# backends' shared client helpers, and the file backend's cgroup throttle, `blkio`).
 BY_NAME = {
-    f"berth_shared.backends.{m}" for m in ("rbd", "cephfs", "cinder", "manila", "file", "blkio", "openstack_common")
+    f"berth_shared.backends.{m}"
+    for m in ("rbd", "cephfs", "ceph_common", "cinder", "manila", "file", "blkio", "openstack_common")
 }
 
 
