@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
@@ -34,3 +37,41 @@ async def stop_tasks(*tasks: asyncio.Task[Any], every_s: float = 1.0) -> None:
     for task in tasks:  # retrieved, so that none is reported as never retrieved
         if not task.cancelled():
             task.exception()
+
+
+class SharedRead(Generic[T]):
+    """Callers asking at once share one read, and every caller gets a read that started
+    after it asked (never one already under way, which might miss what was committed just
+    before the call): the callers that arrive while a read runs share the next one.
+
+    For a lookup that many concurrent requests make and whose answer none may get stale
+    (the provisioner's clusters before each placement): under load it runs once per
+    round trip instead of once per request."""
+
+    def __init__(self, read: Callable[[], Awaitable[T]], *, name: str = "shared-read") -> None:
+        self._read = read
+        self._name = name
+        self._next: asyncio.Future[T] | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def get(self) -> T:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        wanted = self._next
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._run(), name=self._name)
+        # Shielded: one caller cancelled must not cancel the read the others wait for.
+        return await asyncio.shield(wanted)
+
+    async def _run(self) -> None:
+        while self._next is not None:
+            current, self._next = self._next, None
+            try:
+                current.set_result(await self._read())
+            except BaseException as exc:
+                current.set_exception(exc if isinstance(exc, Exception) else ConnectionAbortedError(repr(exc)))
+                if not isinstance(exc, Exception):
+                    if self._next is not None:
+                        self._next.set_exception(ConnectionAbortedError(repr(exc)))
+                        self._next = None
+                    raise

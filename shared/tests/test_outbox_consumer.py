@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from berth_shared.bus import Bus, CloudEvent, new_event
 from berth_shared.bus.consumer import EventConsumer, TransientError
 from berth_shared.db import BusTables, Database, add_bus_tables, make_database
-from berth_shared.db.outbox import OutboxRelay, enqueue
+from berth_shared.db.outbox import EventWriter, OutboxRelay, enqueue
 from berth_shared.natsserver import NatsServer
 from berth_shared.settings import Settings
 from berth_shared.telemetry import Metrics
@@ -242,6 +242,36 @@ async def test_relay_loop_publishes_on_notify(env: Env) -> None:
 
         await eventually(published, within=5.0, what="the relay loop to publish")
         assert len(await env.stream_messages()) == 1
+    finally:
+        await relay.stop()
+
+
+async def test_relay_publishes_what_a_commit_hands_over_and_nothing_rolled_back(env: Env) -> None:
+    """Events written through an EventWriter reach the relay at their commit and go out
+    without a notify() or a poll (30 s here); a rolled-back transaction's never do."""
+    relay = OutboxRelay(env.db, env.tables, env.bus, env.metrics, poll_interval=30.0)
+    writer = EventWriter("test", env.tables, relay)
+    relay.start()
+    try:
+        # Idle: its first read of the outbox done.
+        await eventually(lambda: len(relay._wake._waiters) > 0, within=5.0, what="the relay waiting")
+        with pytest.raises(RuntimeError):
+            async with env.db.transaction() as s:
+                await writer.emit(s, env.tenant, "volume", "deleted", "vol-gone", {})
+                raise RuntimeError("the state change failed")
+        async with env.db.transaction() as s:
+            await writer.emit_many(s, [(env.tenant, "volume", "created", f"vol-{i}", {"n": i}) for i in range(3)])
+        async with env.db.transaction() as s:
+            await writer.emit(s, env.tenant, "volume", "expanded", "vol-0", {})
+
+        async def published() -> bool:
+            return await env.count(env.tables.outbox, published_at=None) == 0
+
+        await eventually(published, within=5.0, what="the handed-over events published")
+        msgs = await env.stream_messages()
+        verbs = [str(m.subject).rsplit(".", 1)[1] for m in msgs]
+        assert verbs == ["created", "created", "created", "expanded"]
+        assert await env.count(env.tables.outbox) == 4  # the rolled-back row never existed
     finally:
         await relay.stop()
 

@@ -24,6 +24,7 @@ from berth_provisioner.lifecycle import SOURCE_SNAPSHOT_STATUSES, SOURCE_VOLUME_
 from berth_provisioner.operations import new_operation
 from berth_provisioner.placement import ClusterView, NoValidCluster, PlacementRequest, rank
 from berth_provisioner.volume_types import require_known
+from berth_shared.aio import SharedRead
 from berth_shared.auth import Principal
 from berth_shared.db import GroupCommit
 from berth_shared.errors import (
@@ -86,6 +87,13 @@ class Volumes:
         self.ctx = ctx
         # Creates arriving together share one recording transaction (see _record).
         self._recorder: GroupCommit[NewVolume, None] = GroupCommit(ctx.db, self._record, name="volume-create-record")
+        # Creates arriving together share the clusters' read too (each one started after
+        # the create arrived: nothing committed before it is missed).
+        self._clusters = SharedRead(self._read_clusters, name="volume-create-clusters")
+
+    async def _read_clusters(self) -> list[Row[Any]]:
+        async with self.ctx.db.reads() as s:
+            return await repo.clusters.all_rows(s)
 
     # -- create ------------------------------------------------------------------
 
@@ -140,10 +148,10 @@ class Volumes:
         (IntegrityError) and the create commits nothing."""
         # Read once, before the transaction, with the capacity probe: the conditional
         # UPDATE in take_room, not this read, keeps a cluster from being overfilled.
-        async with self.ctx.db.reads() as s:
-            clusters = await repo.clusters.all_rows(s)
-            if not any(req.volume_type in r.volume_types for r in clusters):
-                # A type some cluster serves is known (clusters are registered with known types).
+        clusters = await self._clusters.get()
+        if not any(req.volume_type in r.volume_types for r in clusters):
+            # A type some cluster serves is known (clusters are registered with known types).
+            async with self.ctx.db.reads() as s:
                 await require_known(s, [req.volume_type])
         free = await self.ctx.free_fractions(clusters)
         if req.source_snapshot_id is None and req.source_volume_id is None:

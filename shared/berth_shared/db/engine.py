@@ -12,7 +12,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Result, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # used with fullmatch: `$` would allow a trailing newline
 
@@ -34,6 +34,7 @@ class Database:
     sessions: async_sessionmaker[AsyncSession]
     schema: str | None
     _reads: async_sessionmaker[AsyncSession] = field(init=False, repr=False)
+    _autocommit: AsyncEngine = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # PostgreSQL: reads on an autocommit connection, one round trip per statement
@@ -42,13 +43,27 @@ class Database:
         # not be reset by an isolation-level change, and a local round trip costs nothing.
         if self.is_sqlite:
             self._reads = self.sessions
+            self._autocommit = self.engine
         else:
-            autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            self._reads = async_sessionmaker(autocommit, expire_on_commit=False)
+            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._reads = async_sessionmaker(self._autocommit, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
+
+    @asynccontextmanager
+    async def statements(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection (no ORM session) whose statements each stand alone: on
+        PostgreSQL autocommit, one round trip per statement; on SQLite one transaction,
+        committed at the end. For a hot path that needs no transaction across statements
+        (the outbox relay's read, then its marking)."""
+        if self.is_sqlite:
+            async with self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self._autocommit.connect() as conn:
+                yield conn
 
     def reads(self) -> AsyncSession:
         """A session for reads only, each statement on its own (no transaction around them):
