@@ -92,8 +92,8 @@ class Volumes:
         self._clusters = SharedRead(self._read_clusters, name="volume-create-clusters")
 
     async def _read_clusters(self) -> list[Row[Any]]:
-        async with self.ctx.db.reads() as s:
-            return await repo.clusters.all_rows(s)
+        async with self.ctx.db.statements() as conn:  # Core: no ORM session per create
+            return await repo.clusters.all_rows(conn)
 
     # -- create ------------------------------------------------------------------
 

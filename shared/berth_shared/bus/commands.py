@@ -77,6 +77,7 @@ class CommandServer:
         self._service: Service | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tracer = tracer("berth.bus")  # once: get_tracer makes a new one per call
 
     def command(self, subject: str, model: type[P]) -> Callable[[Handler[P]], Handler[P]]:
         def register(fn: Handler[P]) -> Handler[P]:
@@ -129,7 +130,7 @@ class CommandServer:
         token = otel_context.attach(extract_context(headers))
         outcome = "ok"
         try:
-            with tracer("berth.bus").start_as_current_span(f"command {ep.subject}"):
+            with self._tracer.start_as_current_span(f"command {ep.subject}"):
                 try:
                     result = await self._run(ep, req, headers)
                     await req.respond(_encode(result))

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_shared.db import Database, affected
@@ -28,6 +28,18 @@ class OperationStore:
         self.table = table
         self._c = table.c
         self._touch = "updated_at" in table.c
+        # Built once: every finish runs it.
+        c = self._c
+        values: dict[str, Any] = {
+            "state": bindparam("p_state", type_=c.state.type),
+            "error": bindparam("p_error", type_=c.error.type),
+            "lease_until": None,
+        }
+        if self._touch:
+            values["updated_at"] = bindparam("p_at", type_=c.updated_at.type)
+        self._close = (
+            update(table).where(c.id.in_(bindparam("p_ids", expanding=True)), c.state == PENDING).values(**values)
+        )
 
     def _claimable(self, me: str, at: datetime) -> Any:
         # The SQL form of policy.may_claim.
@@ -85,14 +97,9 @@ class OperationStore:
         self, s: AsyncSession, op_ids: Collection[str], state: str, error: str | None, at: datetime
     ) -> None:
         """Finish several operations at once inside the caller's transaction (one UPDATE)."""
-        values: dict[str, Any] = {"state": state, "error": error, "lease_until": None}
-        if self._touch:
-            values["updated_at"] = at
         ids = list(op_ids)
-        if not ids:
-            return
-        where = self._c.id == ids[0] if len(ids) == 1 else self._c.id.in_(ids)
-        await s.execute(update(self.table).where(where, self._c.state == PENDING).values(**values))
+        if ids:
+            await s.execute(self._close, {"p_ids": ids, "p_state": state, "p_error": error, "p_at": at})
 
     async def close(self, op_id: str, state: str, error: str | None, at: datetime) -> None:
         async with self.db.transaction() as s:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Row, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from berth_provisioner import tables as t
 from berth_provisioner.placement import ClusterView
@@ -39,7 +39,7 @@ def view(row: Row[Any], free_fraction: float | None = None) -> ClusterView:
     )
 
 
-async def all_rows(session: AsyncSession, only: str | None = None) -> list[Row[Any]]:
+async def all_rows(session: AsyncSession | AsyncConnection, only: str | None = None) -> list[Row[Any]]:
     """Every cluster by name (or just `only`, by id)."""
     q = select(t.clusters).order_by(c.name)
     if only is not None:

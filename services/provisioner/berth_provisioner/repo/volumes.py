@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_provisioner import tables as t
@@ -64,18 +64,29 @@ async def move(
     return (await session.execute(stmt.returning(*t.volumes.c))).first()
 
 
+# `move_all`'s statements, built once per transition (they run for every finishing batch).
+_MOVE_ALL: dict[tuple[str, str], Any] = {}
+
+
+def _move_all_statement(status: str, target: str) -> Any:
+    stmt = _MOVE_ALL.get((status, target))
+    if stmt is None:
+        stmt = _MOVE_ALL[status, target] = (
+            update(t.volumes)
+            .where(v.id.in_(bindparam("p_ids", expanding=True)), v.status == status)
+            .values(status=target, updated_at=bindparam("p_at", type_=v.updated_at.type))
+            .returning(*t.volumes.c)
+        )
+    return stmt
+
+
 async def move_all(session: AsyncSession, volume_ids: list[str], status: str, event: str) -> list[Row[Any]]:
     """`move` for several volumes last seen in `status` at once (one UPDATE ... RETURNING):
     the rows that moved, in no particular order (those that had moved on are left out)."""
     target = VOLUME.target(status, event)
     assert target is not GONE, "move_all updates; a deletion goes through move"
-    stmt = (
-        update(t.volumes)
-        .where(v.id.in_(volume_ids), v.status == status)
-        .values(status=target, updated_at=now())
-        .returning(*t.volumes.c)
-    )
-    return list((await session.execute(stmt)).all())
+    stmt = _move_all_statement(status, target)
+    return list((await session.execute(stmt, {"p_ids": volume_ids, "p_at": now()})).all())
 
 
 async def place(session: AsyncSession, volume_id: str, cluster_id: str, zone: str) -> None:
