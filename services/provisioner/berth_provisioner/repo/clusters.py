@@ -14,6 +14,7 @@ from berth_shared.db import affected
 from berth_shared.messages.provisioner import Cluster
 
 c = t.clusters.c
+_ALL = select(t.clusters).order_by(c.name)  # built once: every create reads it
 
 
 def out(row: Row[Any], backend_total: int | None = None, backend_free: int | None = None) -> Cluster:
@@ -41,9 +42,7 @@ def view(row: Row[Any], free_fraction: float | None = None) -> ClusterView:
 
 async def all_rows(session: AsyncSession | AsyncConnection, only: str | None = None) -> list[Row[Any]]:
     """Every cluster by name (or just `only`, by id)."""
-    q = select(t.clusters).order_by(c.name)
-    if only is not None:
-        q = q.where(c.id == only)
+    q = _ALL if only is None else _ALL.where(c.id == only)
     return list((await session.execute(q)).all())
 
 
