@@ -62,6 +62,7 @@ from berth_shared.auth import Principal
 from berth_shared.bus import Bus
 from berth_shared.messages.provisioner import PREFIX, VolumeCreate
 from berth_shared.natsserver import NatsServer, free_port
+from berth_shared.runtime import freeze_heap
 
 TARGET_P99_MS = 50.0
 TARGET_RATE = 200.0
@@ -345,6 +346,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await watch.subscribe(bus)
             bench = Bench(args, bus, watch, member)
             app = create_app(settings)
+            # As a service process does before it serves (berth_shared.runtime.serve): the
+            # in-process phase then compares with the replicas on the same footing.
+            freeze_heap()
             # In-process first, with this process's provisioner; it stops before the
             # replicas start, so that commands reach the replicas only.
             async with app.router.lifespan_context(app):
