@@ -204,6 +204,18 @@ class TakeOver:
     ctx_b: dict[str, str]
     fence: dict[str, Any]  # A's fence record, done
     fenced_ns: int  # wall ns when A's fence completed
+    cut_ns: int  # wall ns of the cut
+    granted_ns: int  # wall ns of B's grant
+
+    def timings(self, writer_b: Writer) -> str:
+        """The fence's own duration and the failover's: the cut to B's grant, and on to B's
+        first fsynced write (its stage and publish)."""
+        fence_ms = (self.fenced_ns - wall_ns(self.fence["created_at"])) / 1e6
+        first_b = writer_b.read().first_ack_ns() or self.granted_ns
+        return (
+            f"fence {fence_ms:.0f} ms; cut to B's grant {(self.granted_ns - self.cut_ns) / 1e9:.2f} s, "
+            f"then to B's first write {(first_b - self.granted_ns) / 1e9:.2f} s"
+        )
 
 
 async def cut_and_take_over(st: Stack, volume_id: str, ctx_a: dict[str, str], cut: str) -> TakeOver:
@@ -218,7 +230,7 @@ async def cut_and_take_over(st: Stack, volume_id: str, ctx_a: dict[str, str], cu
     fenced_ns = wall_ns(fence["completed_at"])
     assert wall_ns(fence["created_at"]) > cut_ns, "A was fenced before it was cut off"
     assert granted_ns >= fenced_ns, "B was granted the volume before A's fence completed"
-    return TakeOver(ctx_b, fence, fenced_ns)
+    return TakeOver(ctx_b, fence, fenced_ns, cut_ns, granted_ns)
 
 
 async def write_on_b(st: Stack, volume_id: str, ctx_b: dict[str, str], log: Path) -> tuple[str, Writer]:

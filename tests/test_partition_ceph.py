@@ -174,6 +174,7 @@ async def test_partitioned_ceph_holder_is_fenced_at_the_storage_before_the_volum
                     assert reached == (cut == "nats"), f"A reaches {service}: {reached} (cut {cut})"
 
                 target_b, writer_b = await write_on_b(st, vid, over.ctx_b, tmp_path / "writer-b.log")
+                print(f"{kind}, cut {cut}: {over.timings(writer_b)}")
 
                 if cut == "nats":
                     # A's client still talks to Ceph: its writes fail from the fence on.
