@@ -54,7 +54,7 @@ from berth_shared.backends.cephfs import CephFsBackend
 from berth_shared.backends.rbd import RbdBackend
 from berth_shared.node import ceph as node_ceph
 from berth_testing import MakeSettings, Tenants
-from berth_testing.ceph import CephCluster, attach_skip_reason
+from berth_testing.ceph import CephCluster, skip_unless_can_attach
 from berth_testing.netns import Lab
 from berth_testing.plugin import start_ceph
 from berth_testing.seqwrite import Attempt, Writer
@@ -133,9 +133,7 @@ async def test_partitioned_ceph_holder_is_fenced_at_the_storage_before_the_volum
     cut: str,
     tmp_path: Path,
 ) -> None:
-    why = attach_skip_reason(kind)
-    if why:
-        pytest.skip(why)
+    skip_unless_can_attach(kind)
     lab, cluster = ceph_lab
 
     def sweep(_: ProvisionerSettings) -> None:  # whatever a failed test left: fuse clients, loops, mounts

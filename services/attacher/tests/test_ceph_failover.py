@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -36,22 +35,11 @@ from berth_shared.errors import FailedPrecondition
 from berth_shared.node import CephClientSpec
 from berth_shared.node import ceph as node
 from berth_testing import MakeSettings, Tenants, eventually
-from berth_testing.ceph import CephCluster
+from berth_testing.ceph import CephCluster, skip_unless_can_attach
 from berth_testing.single_writer import play_reboot
 
 pytestmark = pytest.mark.root
 T = TypeVar("T")
-
-
-def _skip_unless_can_attach(kind: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (loop devices, fuse mounts)")
-    if kind == "rbd" and not node.rbd_methods():
-        pytest.skip("needs a way to attach RBD here: the rbd module, rbd-nbd with /dev/nbd*, or rbd-fuse + losetup")
-    if kind == "rbd" and not shutil.which("mkfs.ext4"):
-        pytest.skip("needs mkfs.ext4")
-    if kind == "cephfs" and "fuse" not in node.cephfs_methods() and "kernel" not in node.cephfs_methods():
-        pytest.skip("needs ceph-fuse with /dev/fuse, or the kernel CephFS client")
 
 
 async def _io(fn: Callable[[], T], within: float = 30.0) -> T:
@@ -188,7 +176,7 @@ async def _after(t: float | None, before: float | None) -> bool:
 async def test_rbd_fenced_node_cannot_write_and_the_volume_moves(
     make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
-    _skip_unless_can_attach("rbd")
+    skip_unless_can_attach("rbd")
     node_a, node_b = f"na-{uuid.uuid4().hex[:6]}", f"nb-{uuid.uuid4().hex[:6]}"
     spec = CephClientSpec(str(ceph.conf), str(ceph.keyring), ceph.user)
     backend = build_backend("rbd", ceph.backend_config("rbd"))
@@ -224,7 +212,7 @@ async def test_rbd_fenced_node_cannot_write_and_the_volume_moves(
 async def test_cephfs_evicted_node_cannot_write_and_the_volume_moves(
     make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
-    _skip_unless_can_attach("cephfs")
+    skip_unless_can_attach("cephfs")
     node_a, node_b = f"na-{uuid.uuid4().hex[:6]}", f"nb-{uuid.uuid4().hex[:6]}"
     backend = build_backend("cephfs", ceph.backend_config("cephfs"))
     assert isinstance(backend, CephFsBackend)

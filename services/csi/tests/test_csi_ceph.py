@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,27 +35,15 @@ from berth_csi.pb import csi, rpc
 from berth_csi.settings import CsiSettings
 from berth_shared.backends import build_backend
 from berth_shared.backends.cephfs import CephFsBackend
-from berth_shared.node import ceph as node_ceph
 from berth_shared.node import mounts, staging
 from berth_shared.settings import Settings
 from berth_testing import MakeSettings, Tenants
-from berth_testing.ceph import CephCluster
+from berth_testing.ceph import CephCluster, skip_unless_can_attach
 
 # gRPC's asyncio poller binds to one event loop: every CSI test shares the session's.
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.root]
 T = TypeVar("T")
 S = TypeVar("S", bound=Settings)
-
-
-def _skip_unless_can_attach(kind: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (loop devices, fuse mounts)")
-    if kind == "rbd" and not node_ceph.rbd_methods():
-        pytest.skip("needs a way to attach RBD here: the rbd module, rbd-nbd with /dev/nbd*, or rbd-fuse + losetup")
-    if kind == "rbd" and not shutil.which("mkfs.ext4"):
-        pytest.skip("needs mkfs.ext4")
-    if kind == "cephfs" and not node_ceph.cephfs_methods():
-        pytest.skip("needs ceph-fuse with /dev/fuse, or the kernel CephFS client")
 
 
 def _with_csi(make_settings: MakeSettings, **extra: Any) -> MakeSettings:
@@ -134,7 +121,7 @@ def _check_staged(st: CsiStack, vid: str, backend: str) -> str:
 async def test_rbd_volume_through_the_socket(
     make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
-    _skip_unless_can_attach("rbd")
+    skip_unless_can_attach("rbd")
     make = _with_csi(make_settings, ceph_conf=str(ceph.conf), rbd_user=ceph.user, rbd_keyring=str(ceph.keyring))
     async with csi_stack(make, tenants, tmp_path) as st:
         try:
@@ -166,7 +153,7 @@ async def test_rbd_volume_through_the_socket(
 async def test_rbd_raw_block_through_the_socket(
     make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
-    _skip_unless_can_attach("rbd")
+    skip_unless_can_attach("rbd")
     make = _with_csi(make_settings, ceph_conf=str(ceph.conf), rbd_user=ceph.user, rbd_keyring=str(ceph.keyring))
     async with csi_stack(make, tenants, tmp_path) as st:
         try:
@@ -206,7 +193,7 @@ async def test_rbd_raw_block_through_the_socket(
 async def test_cephfs_volume_through_the_socket(
     make_settings: MakeSettings, tenants: Tenants, tmp_path: Path, ceph: CephCluster
 ) -> None:
-    _skip_unless_can_attach("cephfs")
+    skip_unless_can_attach("cephfs")
     backend = build_backend("cephfs", ceph.backend_config("cephfs"))
     assert isinstance(backend, CephFsBackend)
     keyring = tmp_path / "node-a.keyring"
@@ -252,7 +239,7 @@ async def test_rbd_group_snapshot_through_the_socket(
     """Two RBD volumes written through their nodes' devices; the group snapshot is one cut
     (an RBD group snapshot: librbd holds the members' writes while it is taken), crash
     consistent: what the pods synced before it is in it, what they wrote after is not."""
-    _skip_unless_can_attach("rbd")
+    skip_unless_can_attach("rbd")
     make = _with_csi(make_settings, ceph_conf=str(ceph.conf), rbd_user=ceph.user, rbd_keyring=str(ceph.keyring))
     async with csi_stack(make, tenants, tmp_path) as st:
         try:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
+
 from berth_shared.backends import ceph_bindings
 from berth_testing.host import apt_install
 
@@ -488,3 +490,11 @@ def attach_skip_reason(kind: Literal["rbd", "cephfs"]) -> str | None:
     if kind == "cephfs" and not node_ceph.cephfs_methods():
         return "needs ceph-fuse with /dev/fuse, or the kernel CephFS client"
     return None
+
+
+def skip_unless_can_attach(kind: Literal["rbd", "cephfs"]) -> None:
+    """Skip the test with the reason when this host cannot attach `kind` (call it once the
+    `ceph` fixture has installed the packages: the fuse clients come with them)."""
+    why = attach_skip_reason(kind)
+    if why:
+        pytest.skip(why)
