@@ -10,7 +10,6 @@ the receiver's max age (expired) or a persistent refusal (failed), and each is c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -62,38 +61,27 @@ class ReceiverWorker:
         self.wake = asyncio.Event()
         self._slots = asyncio.Semaphore(receiver.max_in_flight)
         self._inflight: set[asyncio.Task[None]] = set()
-        # Finished deliveries, recorded in batches by one task: a send's slot is free as soon
-        # as the messenger answered, and the database sees one transaction, not one per send.
+        # Finished deliveries, recorded in batches by the next pass, in its claim's transaction:
+        # a send's slot is free as soon as the messenger answered, and the group's next
+        # notification is claimed in the same transaction that records this one.
         self._finished: list[tuple[Outcome, Claimed]] = []
-        self._finish_wake = asyncio.Event()
 
     async def run(self) -> None:
-        recorder = asyncio.create_task(self._record_finished(), name=f"finished-{self.receiver.name}")
-        try:
-            await self._loop()
-        finally:
-            recorder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await recorder
-
-    async def _record_finished(self) -> None:
-        while True:
-            await self._finish_wake.wait()
-            self._finish_wake.clear()
-            await self.flush_finished()
+        await self._loop()
 
     async def flush_finished(self) -> None:
+        """Record what finished, in a transaction of its own (no claim to share it with)."""
         batch, self._finished = self._finished, []
         if not batch:
             return
         try:
             mine = await queue.finish_many(self.db, self.owner, [o for o, _ in batch], now())
-        except Exception:  # the DB is away: keep them, the next pass records them
-            log.exception("receiver %s: could not record %d deliveries", self.receiver.name, len(batch))
+        except BaseException:  # the DB is away (or we are stopping): the next pass records them
             self._finished = batch + self._finished
-            await asyncio.sleep(self.poll_s)
-            self._finish_wake.set()
-            return
+            raise
+        self._recorded(batch, mine)
+
+    def _recorded(self, batch: list[tuple[Outcome, Claimed]], mine: set[int]) -> None:
         at = now()
         for o, c in batch:
             if o.id not in mine:
@@ -103,11 +91,10 @@ class ReceiverWorker:
                 self.metrics.latency.labels(self.receiver.name).observe(
                     max(0.0, (at - c.oldest_change_at).total_seconds())
                 )
-        self.wake.set()
 
     def _finish(self, c: Claimed, state: str, error: str | None = None) -> None:
         self._finished.append((Outcome(c.id, state, error), c))
-        self._finish_wake.set()
+        self.wake.set()
 
     async def _loop(self) -> None:
         while True:
@@ -123,16 +110,24 @@ class ReceiverWorker:
     async def tick(self) -> int:
         free = self.receiver.max_in_flight - len(self._inflight)
         if free <= 0 or self.bucket.wait_time() > self.poll_s:
+            await self.flush_finished()
             return 0
-        res = await queue.claim(
-            self.db,
-            self.receiver.name,
-            self.owner,
-            now(),
-            limit=free,
-            claim_s=self.claim_s,
-            max_age_s=self.receiver.max_age_s,
-        )
+        batch, self._finished = self._finished, []
+        try:
+            res = await queue.claim(
+                self.db,
+                self.receiver.name,
+                self.owner,
+                now(),
+                limit=free,
+                claim_s=self.claim_s,
+                max_age_s=self.receiver.max_age_s,
+                finished=[o for o, _ in batch],
+            )
+        except BaseException:  # not recorded: the next pass records them
+            self._finished = batch + self._finished
+            raise
+        self._recorded(batch, res.finished)
         if res.expired:
             self.metrics.notifications.labels(self.receiver.name, "expired").inc(res.expired)
             log.warning("receiver %s: %d notifications expired undelivered", self.receiver.name, res.expired)
@@ -153,7 +148,10 @@ class ReceiverWorker:
     async def drain(self) -> None:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        await self.flush_finished()
+        try:
+            await self.flush_finished()
+        except Exception:  # the DB is away: the claims run out, another pass sends them again
+            log.exception("receiver %s: could not record %d deliveries", self.receiver.name, len(self._finished))
 
     async def _deliver(self, c: Claimed) -> None:
         try:

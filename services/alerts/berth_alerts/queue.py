@@ -9,11 +9,12 @@ Notifications older than the receiver's max age are expired, never sent, and cou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_alerts import tables as t
 from berth_alerts.grouping import collapse, payload_status
@@ -41,12 +42,25 @@ class ClaimResult:
     claimed: list[Claimed]
     expired: int
     collapsed: int
+    finished: set[int] = field(default_factory=set)  # of the outcomes given, those recorded
 
 
 async def claim(
-    db: Database, receiver: str, owner: str, now: datetime, *, limit: int, claim_s: float, max_age_s: float
+    db: Database,
+    receiver: str,
+    owner: str,
+    now: datetime,
+    *,
+    limit: int,
+    claim_s: float,
+    max_age_s: float,
+    finished: list[Outcome] | None = None,
 ) -> ClaimResult:
+    """Claim the next notifications; first record `finished` ones (as finish_many), in the
+    same transaction: their groups' next notifications can then be claimed at once,
+    without a transaction (and, on SQLite, a turn on the connection) of their own."""
     async with db.transaction() as s:
+        recorded = await _finish(s, owner, finished, now) if finished else set()
         expired = affected(
             await s.execute(
                 update(t.deliveries)
@@ -86,7 +100,7 @@ async def claim(
         chosen: list[Claimed] = []
         collapsed = 0
         if not groups:
-            return ClaimResult(chosen, expired, collapsed)
+            return ClaimResult(chosen, expired, collapsed, recorded)
         # All of these groups' backlogs, locked, in one statement: each becomes one
         # notification of the latest state.
         backlog: dict[str, list[Any]] = {}
@@ -164,7 +178,7 @@ async def claim(
             )
         if claims:
             await s.execute(_CLAIM, claims)
-        return ClaimResult(chosen, expired, collapsed)
+        return ClaimResult(chosen, expired, collapsed, recorded)
 
 
 async def record_progress(db: Database, delivery_id: int, owner: str, alerts_sent: int, claim_until: datetime) -> bool:
@@ -188,19 +202,21 @@ class Outcome:
 async def finish_many(db: Database, owner: str, outcomes: list[Outcome], now: datetime) -> set[int]:
     """Record finished deliveries in one transaction; the ids whose claim was still ours."""
     async with db.transaction() as s:
-        mine = set(
-            (
-                await s.execute(
-                    select(d_.id).where(
-                        d_.id.in_([o.id for o in outcomes]), d_.claimed_by == owner, d_.state == "sending"
-                    )
-                )
-            ).scalars()
-        )
-        rows = [{"d_id": o.id, "d_state": o.state, "d_error": o.error, "d_at": now} for o in outcomes if o.id in mine]
-        if rows:
-            await s.execute(_FINISH, rows)
-        return mine
+        return await _finish(s, owner, outcomes, now)
+
+
+async def _finish(s: AsyncSession, owner: str, outcomes: list[Outcome], now: datetime) -> set[int]:
+    mine = set(
+        (
+            await s.execute(
+                select(d_.id).where(d_.id.in_([o.id for o in outcomes]), d_.claimed_by == owner, d_.state == "sending")
+            )
+        ).scalars()
+    )
+    rows = [{"d_id": o.id, "d_state": o.state, "d_error": o.error, "d_at": now} for o in outcomes if o.id in mine]
+    if rows:
+        await s.execute(_FINISH, rows)
+    return mine
 
 
 _CLAIM = (
