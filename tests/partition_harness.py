@@ -206,15 +206,20 @@ class TakeOver:
     fenced_ns: int  # wall ns when A's fence completed
     cut_ns: int  # wall ns of the cut
     granted_ns: int  # wall ns of B's grant
+    staged_ns: int = 0  # wall ns when B had staged and published it (write_on_b)
 
     def timings(self, writer_b: Writer) -> str:
-        """The fence's own duration and the failover's: the cut to B's grant, and on to B's
-        first fsynced write (its stage and publish)."""
+        """The fence's own duration, and from the cut: B's grant, B staged and published,
+        B's first fsynced write (its writer's start included: about a second of imports)."""
         fence_ms = (self.fenced_ns - wall_ns(self.fence["created_at"])) / 1e6
         first_b = writer_b.read().first_ack_ns() or self.granted_ns
+
+        def since_cut(ns: int) -> str:
+            return f"{(ns - self.cut_ns) / 1e9:.2f} s"
+
         return (
-            f"fence {fence_ms:.0f} ms; cut to B's grant {(self.granted_ns - self.cut_ns) / 1e9:.2f} s, "
-            f"then to B's first write {(first_b - self.granted_ns) / 1e9:.2f} s"
+            f"fence {fence_ms:.0f} ms; from the cut: granted {since_cut(self.granted_ns)}, "
+            f"staged {since_cut(self.staged_ns)}, first write {since_cut(first_b)}"
         )
 
 
@@ -233,9 +238,10 @@ async def cut_and_take_over(st: Stack, volume_id: str, ctx_a: dict[str, str], cu
     return TakeOver(ctx_b, fence, fenced_ns, cut_ns, granted_ns)
 
 
-async def write_on_b(st: Stack, volume_id: str, ctx_b: dict[str, str], log: Path) -> tuple[str, Writer]:
+async def write_on_b(st: Stack, volume_id: str, over: TakeOver, log: Path) -> tuple[str, Writer]:
     """B stages and publishes the volume and its workload writes: (B's target, its writer)."""
-    target_b = await asyncio.to_thread(st.b.stage_and_publish, volume_id, ctx_b)
+    target_b = await asyncio.to_thread(st.b.stage_and_publish, volume_id, over.ctx_b)
+    over.staged_ns = time.time_ns()
     writer_b = Writer(target_b, "node-b", log).start()
     await acks(writer_b, 5)
     return target_b, writer_b

@@ -80,7 +80,8 @@ async def test_partitioned_holder_is_fenced_before_the_volume_moves(
 
             over = await cut_and_take_over(st, vid, ctx_a, cut)
             fenced_ns = over.fenced_ns
-            target_b, writer_b = await write_on_b(st, vid, over.ctx_b, tmp_path / "writer-b.log")
+            target_b, writer_b = await write_on_b(st, vid, over, tmp_path / "writer-b.log")
+            print(f"file, cut {cut}: {over.timings(writer_b)}")
 
             # A's writes fail from the fence on: the file system under them is shut down.
             log_a = writer_a.read()

@@ -164,15 +164,16 @@ async def test_partitioned_ceph_holder_is_fenced_at_the_storage_before_the_volum
                 else:
                     assert any(c.startswith("evict ") and c.endswith(addr_a) for c in done), done
 
+                target_b, writer_b = await write_on_b(st, vid, over, tmp_path / "writer-b.log")
+                print(f"{kind}, cut {cut}: {over.timings(writer_b)}")
+
                 # The point of the NATS-only cut: A's Ceph client is cut off at the storage
-                # while it still has a route to the monitors and the OSD.
+                # while it still has a route to the monitors and the OSD. (After B's first
+                # write: cut completely, each probe waits out its 2 s timeout.)
                 mon, osd = (cluster.address, cluster.v2_port), (cluster.address, _osd_port(cluster))
                 for service in (mon, osd):
                     reached = await asyncio.to_thread(st.net_a.reaches, *service)
                     assert reached == (cut == "nats"), f"A reaches {service}: {reached} (cut {cut})"
-
-                target_b, writer_b = await write_on_b(st, vid, over.ctx_b, tmp_path / "writer-b.log")
-                print(f"{kind}, cut {cut}: {over.timings(writer_b)}")
 
                 if cut == "nats":
                     # A's client still talks to Ceph: its writes fail from the fence on.
