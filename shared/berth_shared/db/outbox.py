@@ -75,6 +75,7 @@ class Pending(NamedTuple):
 
 
 _TRACKED = "berth.outbox.tracked"  # session.info key: the rows this session wrote
+_HANDED_LIMIT = 10_000  # rows held in memory at most; beyond, the oldest wait for a read
 
 
 class OutboxRelay:
@@ -130,6 +131,9 @@ class OutboxRelay:
         rows = session.info.pop(_TRACKED, None)
         if rows:
             self._handed.extend(rows)
+            if len(self._handed) > _HANDED_LIMIT:  # a relay not running (stopped, stalled)
+                del self._handed[: len(self._handed) - _HANDED_LIMIT]
+                self._read_due = True  # those dropped are in the outbox: the next read finds them
             self._wake.set()
 
     def _rolled_back(self, session: Session, _previous: Any) -> None:
