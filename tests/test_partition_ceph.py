@@ -27,12 +27,9 @@ import asyncio
 import errno
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import pytest
-from ceph_clusters import TYPES, register_ceph
 from partition_harness import (
-    NodeEnv,
     Stack,
     acks,
     cut_and_take_over,
@@ -48,19 +45,16 @@ from partition_harness import (
 
 from berth_csi.state import NodeState
 from berth_provisioner.config import ProvisionerSettings
-from berth_shared.backends import build_backend
 from berth_shared.backends.ceph_common import addr_ip, addr_matches
-from berth_shared.backends.cephfs import CephFsBackend
-from berth_shared.backends.rbd import RbdBackend
 from berth_shared.node import ceph as node_ceph
 from berth_testing import MakeSettings, Tenants
 from berth_testing.ceph import CephCluster, skip_unless_can_attach
+from berth_testing.cephnodes import TYPES, Kind, authorize_nodes, ceph_backend, node_env, register_ceph
 from berth_testing.netns import Lab
 from berth_testing.plugin import start_ceph
 from berth_testing.seqwrite import Attempt, Writer
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
-Kind = Literal["rbd", "cephfs"]
 
 
 @pytest.fixture(scope="module")
@@ -72,40 +66,6 @@ def ceph_lab() -> Iterator[tuple[Lab, CephCluster]]:
             yield lab, cluster
         finally:
             cluster.stop()
-
-
-def _node_env(cluster: CephCluster, kind: Kind) -> NodeEnv:
-    """Each node's cephx identity. RBD: the cluster's user (a fence goes by client address).
-    CephFS: the node's own `client.berth-node-<node>` (a fence evicts its sessions by that
-    id too), its keyring written once the subvolume is authorised for it (`_authorize`)."""
-
-    def env(node_id: str, workdir: Path) -> dict[str, str]:
-        out = {"BERTH_CEPH_CONF": str(cluster.conf)}
-        if kind == "rbd":
-            out |= {"BERTH_RBD_USER": cluster.user, "BERTH_RBD_KEYRING": str(cluster.keyring)}
-        else:
-            out["BERTH_CEPHFS_KEYRING"] = str(workdir / "cephfs.keyring")
-        return out
-
-    return env
-
-
-def _backend(cluster: CephCluster, kind: Kind) -> RbdBackend | CephFsBackend:
-    """The test's own view of the cluster (the blocklist; CephFS authorisations)."""
-    backend = build_backend(kind, cluster.backend_config(kind))
-    assert isinstance(backend, RbdBackend | CephFsBackend)
-    return backend
-
-
-async def _authorize(backend: RbdBackend | CephFsBackend, st: Stack, volume_id: str) -> None:
-    """The operator's step for CephFS: each node's cephx id authorised on the subvolume."""
-    assert isinstance(backend, CephFsBackend)
-    for node in (st.a, st.b):
-        client_id = backend.node_client_id(node.node_id)
-        key = await backend.authorize(volume_id, client_id)
-        assert key
-        node.workdir.mkdir(parents=True, exist_ok=True)
-        (node.workdir / "cephfs.keyring").write_text(f"[client.{client_id}]\n\tkey = {key}\n")
 
 
 def _osd_port(cluster: CephCluster) -> int:
@@ -139,13 +99,13 @@ async def test_partitioned_ceph_holder_is_fenced_at_the_storage_before_the_volum
     def sweep(_: ProvisionerSettings) -> None:  # whatever a failed test left: fuse clients, loops, mounts
         node_ceph.sweep(cluster.conf)
 
-    backend = _backend(cluster, kind)
+    backend = ceph_backend(cluster, kind)
     try:
-        async with partition_stack(make_settings, tenants, lab, node_env=_node_env(cluster, kind), cleanup=sweep) as st:
+        async with partition_stack(make_settings, tenants, lab, node_env=node_env(cluster, kind), cleanup=sweep) as st:
             await register_ceph(st.prov, tenants.admin, cluster, kind)
             vid = await st.create_volume(TYPES[kind])
             if kind == "cephfs":
-                await _authorize(backend, st, vid)
+                await authorize_nodes(backend, vid, (st.a, st.b))
             ctx_a = await st.publish(vid, "node-a")
             target_a = await asyncio.to_thread(st.a.stage_and_publish, vid, ctx_a)
             addr_a = _client_address(st, vid)

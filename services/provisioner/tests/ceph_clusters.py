@@ -6,46 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
-
-import httpx
+from typing import Any
 
 from berth_shared.backends import ceph_bindings
 from berth_shared.backends.rbd import META_VOLUME, PARTIAL
 from berth_testing.ceph import FS_NAME, RBD_POOL, CephCluster
 
+# Moved to berth_testing (bench/failover.py registers a cluster too); re-exported for the tests.
+from berth_testing.cephnodes import TYPES as TYPES
+from berth_testing.cephnodes import register_ceph as register_ceph
+
 GIB = 1 << 30
-TYPES = {"rbd": "ceph-rbd", "cephfs": "ceph-fs"}
-
-
-async def register_ceph(
-    http: httpx.AsyncClient,
-    admin_token: str,
-    ceph: CephCluster,
-    kind: Literal["rbd", "cephfs"],
-    *,
-    name: str | None = None,
-    **config: Any,
-) -> dict[str, Any]:
-    """A volume type served only by this cluster (`ceph-rbd` / `ceph-fs`) and the cluster
-    itself, registered over the admin HTTP API with the exact JSON docs/ceph.md shows."""
-    h = {"Authorization": f"Bearer {admin_token}"}
-    vtype = TYPES[kind]
-    r = await http.post("/v1/volume-types", json={"name": vtype, "description": f"Ceph {kind}"}, headers=h)
-    assert r.status_code == 201, r.text
-    body = {
-        "name": name or f"ceph-{kind}",
-        "backend": kind,
-        "config": ceph.backend_config(kind, **config),
-        "volume_types": [vtype],
-        "zone": "default",
-        "capacity_gib": 64,
-        "overcommit_ratio": 4.0,
-    }
-    r = await http.post("/v1/clusters", json=body, headers=h)
-    assert r.status_code == 201, r.text
-    out: dict[str, Any] = r.json()
-    return out
 
 
 @contextmanager
