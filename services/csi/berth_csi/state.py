@@ -58,7 +58,13 @@ class NodeState:
         self._path(volume_id).unlink(missing_ok=True)
 
     def all(self) -> list[VolumeState]:
-        return [VolumeState.model_validate_json(p.read_bytes()) for p in sorted(self.volumes.glob("*.json"))]
+        out = []
+        for p in sorted(self.volumes.glob("*.json")):
+            try:
+                out.append(VolumeState.model_validate_json(p.read_bytes()))
+            except FileNotFoundError:  # removed since the listing (a reader beside the node service)
+                continue
+        return out
 
     # A fence takes volumes away at some attachment generation: a publish context from
     # that generation or before is stale and must never be staged again here.
