@@ -50,7 +50,7 @@ class InvariantChecker:
     `storage_cut`, for storage fenced at the storage rather than on this host (Ceph: the
     fence blocklists the holder's client, whose mounts stay until it hears it is fenced):
     of the given nodes, those whose client the storage refuses; their mounts cannot write
-    and are not counted (but tallied in `cut_mount_samples`).
+    and are not counted (the samples where one was mounted are tallied in `cut_mount_samples`).
     """
 
     client: httpx.AsyncClient
@@ -102,19 +102,18 @@ class InvariantChecker:
         self.violations.append(Violation(time.monotonic(), what))
 
     async def sample(self) -> None:
+        # Asked before the snapshots: a node the storage refused then stays refused until it
+        # is unfenced, which comes only once it has dropped its mounts (asked after them, a
+        # node that unmounted and forgot the volume in between would look like a writer).
+        cut = await self.storage_cut(set(self.mount_points)) if self.storage_cut is not None else set()
         before = self.live_mounts()
         loops = self.loops()
         granted = await self.grants()
         after = self.live_mounts()
         self.host_samples += 1
         self.max_mounts = max(self.max_mounts, len(before), len(after))
-        suspects = before | after if len(before) > 1 or len(after) > 1 else (before & after) - set(granted or [])
-        if suspects and granted != [] and self.storage_cut is not None:
-            # Asked after both snapshots; a node's client is blocklisted from its fence on
-            # until it is unfenced, and the other node mounts only after that fence.
-            cut = await self.storage_cut(suspects)
-            self.cut_mount_samples += bool(cut)
-            before, after = before - cut, after - cut
+        self.cut_mount_samples += bool(cut & (before | after))
+        before, after = before - cut, after - cut
         for seen in (before, after):
             if len(seen) > 1:
                 self._violate(f"volume mounted on {sorted(seen)} at once")
