@@ -23,10 +23,11 @@ in-process one.
     .venv/bin/python bench/create_volume.py --short         # N=200 (CI smoke)
     .venv/bin/python bench/create_volume.py --database-url postgresql://postgres@127.0.0.1:5432/test
 
-Target: p99 under 50 ms and 200+ creates/s over the bus at 16 in flight,
-on 2 cores (checked on the last phase). The exit code is 1 when a create failed (or --check
-is given and the target is missed), else 0. Linux only (replica CPU from /proc). Figures
-and profiles: docs/benchmarks.md.
+Target: p99 under 50 ms and 200+ creates/s over the bus on 2 cores, checked on the last
+phase: closed loop, 200+ creates/s done; open loop (--rate 200 or more), the offered rate
+kept up with (98 % of it done: the last creates' own latency ends the phase). The exit code
+is 1 when a create failed (or --check is given and the target is missed), else 0. Linux
+only (replica CPU from /proc). Figures and profiles: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from berth_shared.runtime import freeze_heap
 
 TARGET_P99_MS = 50.0
 TARGET_RATE = 200.0
+KEPT_UP = 0.98  # open loop: the share of the offered rate that counts as keeping up
 WAIT_S = 10.0  # each create's deadline
 MAX_IN_FLIGHT = 512  # open-loop mode (--rate): a backlog beyond this slows the arrivals
 TENANT = "bench"
@@ -488,8 +490,16 @@ class Bench:
             entry["rate_over_inproc"] = ratio(entry["creates_per_s"], base["creates_per_s"])
             entry["p99_over_inproc"] = ratio(entry["p99_ms"], base["p99_ms"])
         best = out["phases"][-1]
-        out["target_met"] = best["p99_ms"] < TARGET_P99_MS and best["creates_per_s"] >= TARGET_RATE
+        out["target_met"] = target_met(best, self.args.rate)
         return out
+
+
+def target_met(phase: dict[str, Any], offered: float | None) -> bool:
+    if phase["p99_ms"] >= TARGET_P99_MS:
+        return False
+    if offered is None:
+        return bool(phase["creates_per_s"] >= TARGET_RATE)
+    return offered >= TARGET_RATE and phase["creates_per_s"] >= KEPT_UP * offered
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -539,10 +549,13 @@ def print_report(report: dict[str, Any], backend: str) -> None:
             f"CPU ms/create by replica {per}, client {r['client_cpu_ms_per_create']:g}"
         )
     verdict = "met" if report["target_met"] else "MISSED"
-    print(
-        f"target ({phase_label(report['phases'][-1])}): p99 < {TARGET_P99_MS:g} ms "
-        f"and >= {TARGET_RATE:g} creates/s: {verdict}"
+    offered = report["rate"]
+    rate_rule = (
+        f">= {TARGET_RATE:g} creates/s"
+        if offered is None
+        else f"{offered:g}/s offered (>= {TARGET_RATE:g}) and kept up with ({KEPT_UP:.0%})"
     )
+    print(f"target ({phase_label(report['phases'][-1])}): p99 < {TARGET_P99_MS:g} ms and {rate_rule}: {verdict}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
