@@ -33,6 +33,9 @@ class AlertsSettings(Settings):
     dashboard_sync_interval_s: float = Field(default=300.0, gt=0)
     # Bus events older than this when read are not told (a new consumer replays the stream).
     event_max_age_s: float = Field(default=3600.0, gt=0)
+    # Finished notifications (delivered, failed, expired, collapsed) are kept this long for
+    # the API and then deleted: the queue's history would otherwise grow without end.
+    delivery_history_s: float = Field(default=7 * 86400.0, gt=0)
     # Ingest request bodies larger than this are refused (413).
     max_ingest_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from berth_alerts import tables as t
@@ -21,6 +21,8 @@ from berth_alerts.grouping import collapse, payload_status
 from berth_shared.db import Database, affected
 
 d_ = t.deliveries.c
+FINISHED = ("delivered", "failed", "expired", "collapsed")
+PRUNE_BATCH = 5000  # rows per transaction: a large history never holds the database long
 
 
 @dataclass
@@ -254,3 +256,22 @@ async def release_own(db: Database, owner: str) -> int:
             .values(state="pending", claim_until=None)
         )
         return affected(res)
+
+
+async def prune_finished(db: Database, before: datetime) -> int:
+    """Delete the notifications that finished before `before`; how many. A notification
+    still queued or being sent is never touched, whatever its age."""
+    pruned = 0
+    while True:
+        async with db.transaction() as s:
+            oldest = (
+                select(d_.id)
+                .where(d_.finished_at < before, d_.state.in_(FINISHED))
+                .order_by(d_.finished_at)
+                .limit(PRUNE_BATCH)
+            )
+            res = await s.execute(delete(t.deliveries).where(d_.id.in_(oldest.scalar_subquery())))
+        n = affected(res)
+        pruned += n
+        if n < PRUNE_BATCH:
+            return pruned

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from sqlalchemy import func, literal_column, select
@@ -21,7 +21,7 @@ from berth_alerts.flush import FLUSH_BATCH, flush_due
 from berth_alerts.formats import PayloadError
 from berth_alerts.metrics import AlertMetrics
 from berth_alerts.model import Alert
-from berth_alerts.queue import release_own
+from berth_alerts.queue import prune_finished, release_own
 from berth_alerts.render import check_templates
 from berth_alerts.store import IngestResult, Routing, expire_alerts, ingest
 from berth_shared.aio import stop_tasks, wait_event
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 Parser = Callable[[bytes, datetime], list[Alert]]  # the request body, when it came
 MAX_KEPT_BODY = 1024 * 1024  # a rejected body is kept up to this size
 GAUGE_EVERY_S = 5.0
+PRUNE_EVERY_S = 600.0
 INGEST_WRITERS = 2
 
 
@@ -184,9 +185,12 @@ class AlertsService:
         return groups, made
 
     async def _flusher(self) -> None:
-        gauges_at = 0.0
+        gauges_at = pruned_at = 0.0
         while True:
             try:
+                if time.monotonic() - pruned_at > PRUNE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    await self.prune_history()
                 if time.monotonic() - gauges_at > GAUGE_EVERY_S:
                     gauges_at = time.monotonic()
                     await self.refresh_gauges()
@@ -199,6 +203,13 @@ class AlertsService:
                 log.exception("flush failed")
             await wait_event(self.flush_wake, self.settings.flush_interval_s)
             self.flush_wake.clear()
+
+    async def prune_history(self) -> int:
+        """Forget finished notifications older than delivery_history_s."""
+        pruned = await prune_finished(self.db, now() - timedelta(seconds=self.settings.delivery_history_s))
+        if pruned:
+            log.info("pruned %d finished notifications from the delivery history", pruned)
+        return pruned
 
     async def refresh_gauges(self) -> None:
         async with self.db.sessions() as s:

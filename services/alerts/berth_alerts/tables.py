@@ -96,6 +96,7 @@ deliveries = Table(
     timestamp("created_at"),
     Column("finished_at", UTCDateTime(), nullable=True),
     Index("ix_deliveries_queue", "receiver", "state", "next_attempt_at"),
+    Index("ix_deliveries_finished", "finished_at"),  # the history's pruning
 )
 
 silences = Table(

@@ -6,11 +6,15 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from alerts_fakes import Messenger, serve
 from alerts_harness import FAST, alerts_app, alerts_settings, am_alert, am_webhook, webhook, write_config
+from sqlalchemy import select, update
 
+from berth_alerts import tables as t
 from berth_testing import MakeSettings, Tenants, eventually
 
 
@@ -93,3 +97,56 @@ async def test_outage_backlog_collapses_to_the_latest_state(
             assert told == {"a": "resolved", "b": "firing"}
             states = [n["state"] for n in (await http.get("/v1/notifications")).json()["items"]]
             assert states.count("delivered") == 1 and states.count("collapsed") == len(states) - 1
+
+
+async def test_the_delivery_history_is_pruned_and_the_queue_is_not(
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
+) -> None:
+    messenger = Messenger()
+    async with serve(messenger.app()) as url:
+        cfg = write_config(
+            tmp_path,
+            {"route": {"receiver": "chat", "group_by": ["alertname"], **FAST}, "receivers": [webhook("chat", url)]},
+        )
+        settings = alerts_settings(make_settings, cfg).model_copy(update={"delivery_history_s": 3600.0})
+        async with alerts_app(settings, tenants.admin) as (app, http):
+            svc = app.state.alerts
+
+            async def notes() -> list[dict[str, Any]]:
+                return list((await http.get("/v1/notifications")).json()["items"])
+
+            def delivered(count: int) -> Callable[[list[dict[str, Any]]], bool]:
+                return lambda n: len(n) == count and all(x["state"] == "delivered" for x in n)
+
+            for count, name in enumerate(("Old", "Recent"), start=1):
+                assert (await http.post("/v1/ingest/alertmanager", json=am_webhook(am_alert(name)))).status_code == 200
+                await eventually(notes, delivered(count), what=f"{name} delivered")
+            d = t.deliveries.c
+            old_at = datetime.now(UTC) - timedelta(hours=2)
+            async with svc.db.transaction() as s:
+                ids = list((await s.execute(select(d.id).order_by(d.id))).scalars())
+                await s.execute(update(t.deliveries).where(d.id == ids[0]).values(finished_at=old_at))
+                # Queued long ago and not finished (a messenger down for hours): never pruned.
+                await s.execute(
+                    t.deliveries.insert().values(
+                        dedup_key="q" * 64,
+                        group_id="g" * 32,
+                        receiver="nobody",
+                        state="pending",
+                        status="firing",
+                        kind="first",
+                        payload={"alerts": []},
+                        alert_count=0,
+                        next_attempt_at=datetime.now(UTC) + timedelta(days=1),
+                        oldest_change_at=old_at,
+                        created_at=old_at,
+                        finished_at=old_at,
+                    )
+                )
+
+            assert await svc.prune_history() == 1
+            async with svc.db.sessions() as s:
+                left = {r.id: r.state for r in (await s.execute(select(d.id, d.state)))}
+            assert ids[0] not in left and left[ids[1]] == "delivered"
+            assert sorted(left.values()) == ["delivered", "pending"]
+            assert await svc.prune_history() == 0
