@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -299,6 +300,19 @@ def test_the_default_alert_line_is_the_default_template() -> None:
                 assert default_alert_line(alert) == template.render(alert=alert), alert
 
 
+def _notification(receiver: str, alertname: str, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A firing notification of one group, as the delivery queue hands it to the renderer."""
+    return {
+        "receiver": receiver,
+        "status": "firing",
+        "kind": "notify",
+        "group_id": "g",
+        "dedup_key": "k",
+        "group_labels": {"alertname": alertname},
+        "alerts": alerts,
+    }
+
+
 def test_webhook_bodies_are_what_json_dumps_gives() -> None:
     """The webhook body is assembled from each alert's JSON: byte for byte the document's."""
     alerts = [
@@ -312,15 +326,7 @@ def test_webhook_bodies_are_what_json_dumps_gives() -> None:
         }
         for i in range(30)
     ]
-    n = {
-        "receiver": "w",
-        "status": "firing",
-        "kind": "notify",
-        "group_id": "g",
-        "dedup_key": "k",
-        "group_labels": {"alertname": "N\u00e9"},
-        "alerts": alerts,
-    }
+    n = _notification("w", "N\u00e9", alerts)
     for limit in (1024, 4000, 1 << 20):
         msgs = Renderer(ReceiverConfig(name="w", type="webhook", max_message_bytes=limit)).messages(n)
         assert sum(m.alerts for m in msgs) == 30
@@ -345,15 +351,7 @@ def test_render_splits_below_the_limit_and_falls_back_to_plain() -> None:
         }
         for i in range(60)
     ]
-    n = {
-        "receiver": "s",
-        "status": "firing",
-        "kind": "notify",
-        "group_id": "g",
-        "dedup_key": "k",
-        "group_labels": {"alertname": "Big"},
-        "alerts": alerts,
-    }
+    n = _notification("s", "Big", alerts)
     for kind, limit in (("slack", 4000), ("teams", 6000), ("webhook", 8000)):
         r = Renderer(ReceiverConfig(name="s", type=kind, max_message_bytes=limit))
         msgs = r.messages(n)
