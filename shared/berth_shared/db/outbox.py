@@ -75,6 +75,7 @@ class Pending(NamedTuple):
 
 
 _TRACKED = "berth.outbox.tracked"  # session.info key: the rows this session wrote
+_LISTENING = "berth.outbox.listening"  # session.info key: its commit hands them to the relay
 _HANDED_LIMIT = 10_000  # rows held in memory at most; beyond, the oldest wait for a read
 
 
@@ -119,13 +120,12 @@ class OutboxRelay:
         """Hand `rows` to this relay when `session` commits; forget them if it rolls back
         (any rollback, a savepoint's too: those rows then wait for the next read of the
         outbox, never is a row published that was not committed)."""
-        tracked: list[Pending] | None = session.info.get(_TRACKED)
-        if tracked is None:
-            tracked = session.info[_TRACKED] = []
+        if not session.info.get(_LISTENING):  # once per session, however often it commits
+            session.info[_LISTENING] = True
             sync = session.sync_session
             sa_event.listen(sync, "after_commit", self._committed)
             sa_event.listen(sync, "after_soft_rollback", self._rolled_back)
-        tracked.extend(rows)
+        session.info.setdefault(_TRACKED, []).extend(rows)
 
     def _committed(self, session: Session) -> None:
         rows = session.info.pop(_TRACKED, None)
