@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from berth_provisioner.config import ProvisionerSettings
-from berth_shared.aio import stop_tasks, wait_event
+from berth_shared.aio import SharedRead, stop_tasks, wait_event
 from berth_shared.auth import (
     KeystoneTokenValidator,
     Principal,
@@ -432,3 +432,70 @@ async def test_stop_tasks_cancels_again_a_loop_that_lost_its_cancel() -> None:
     async with asyncio.timeout(10.0):
         await stop_tasks(task, every_s=0.05)
     assert task.cancelled() and lost == 1
+
+
+class _Reads:
+    """A read that counts itself and, when `gate` is set, waits for it: what it answers
+    is the number of reads begun so far."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+
+    async def __call__(self) -> int:
+        self.started += 1
+        n = self.started
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return n
+
+
+async def test_shared_read_serves_callers_asking_at_once_with_one_read() -> None:
+    reads = _Reads()
+    shared = SharedRead(reads)
+    async with asyncio.timeout(5.0):
+        got = await asyncio.gather(*(shared.get() for _ in range(5)))
+    assert got == [1] * 5 and reads.started == 1
+
+
+async def test_shared_read_never_answers_a_caller_with_a_read_begun_before_it_asked() -> None:
+    reads = _Reads()
+    reads.gate = asyncio.Event()
+    shared = SharedRead(reads)
+    async with asyncio.timeout(5.0):
+        first = asyncio.create_task(shared.get())
+        await eventually(lambda: reads.started, lambda n: n == 1, within=5.0, what="the first read under way")
+        late = [asyncio.create_task(shared.get()) for _ in range(3)]  # asked while read 1 runs
+        await asyncio.sleep(0)
+        reads.gate.set()
+        assert await first == 1
+        assert await asyncio.gather(*late) == [2, 2, 2]  # one read after theirs began, shared
+    assert reads.started == 2
+
+
+async def test_shared_read_failure_reaches_its_callers_and_the_next_read_runs() -> None:
+    reads = _Reads()
+    reads.fail = ConnectionError("database away")
+    shared = SharedRead(reads)
+    async with asyncio.timeout(5.0):
+        outcomes = await asyncio.gather(shared.get(), shared.get(), return_exceptions=True)
+        assert all(isinstance(o, ConnectionError) for o in outcomes)
+        reads.fail = None
+        assert await shared.get() == 2
+
+
+async def test_shared_read_one_caller_cancelled_leaves_the_read_to_the_others() -> None:
+    reads = _Reads()
+    reads.gate = asyncio.Event()
+    shared = SharedRead(reads)
+    async with asyncio.timeout(5.0):
+        gone, stays = asyncio.create_task(shared.get()), asyncio.create_task(shared.get())
+        await eventually(lambda: reads.started, lambda n: n == 1, within=5.0, what="the read under way")
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        reads.gate.set()
+        assert await stays == 1
