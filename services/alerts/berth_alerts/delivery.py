@@ -5,12 +5,18 @@ each one the queue row records how many alerts got through, so a retry or a rest
 only the rest. A 429 holds the whole receiver for its Retry-After; other failures back off
 exponentially; a 413 splits the rest smaller. Nothing leaves the queue but by delivery,
 the receiver's max age (expired) or a persistent refusal (failed), and each is counted.
+
+Most notifications come from the flusher, claimed and in memory (`hand_over`); the worker
+claims from the database only when something may wait there (a retry, a backlog, a
+notification behind its group's previous one), and on a poll, for another replica's work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -59,15 +65,50 @@ class ReceiverWorker:
         self.url = receiver.resolved_url()
         self.size_limit = receiver.size_limit
         self.wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(receiver.max_in_flight)
         self._inflight: set[asyncio.Task[None]] = set()
-        # Finished deliveries, recorded in batches by the next pass, in its claim's transaction:
-        # a send's slot is free as soon as the messenger answered, and the group's next
-        # notification is claimed in the same transaction that records this one.
+        # Finished deliveries, recorded in batches by the flusher's next transaction (or the
+        # next claim's): a send's slot is free as soon as the messenger answered.
         self._finished: list[tuple[Outcome, Claimed]] = []
+        # Claimed by the flusher, not started yet (with when each must have started): at
+        # most what the token bucket lets through at once, sent in order as slots free up,
+        # one group's after its previous one (which may still be sending) is done.
+        self._handed: deque[tuple[Claimed, float]] = deque()
+        self._sending: set[str] = set()  # groups with a notification being sent now
+        # Groups with a notification back in the queue (a retry): their next ones queue
+        # behind it there, until a claim takes the group's backlog.
+        self._requeued: set[str] = set()
+        self._release: list[int] = []  # handed over for such a group: to go back too
+        self._backlog = True  # the database may hold notifications to claim (at start: may)
+        self._next_poll = 0.0
 
     async def run(self) -> None:
         await self._loop()
+
+    def free_slots(self) -> int:
+        """How many notifications the flusher may claim for this worker now: what the
+        receiver takes without waiting (none while a 429 holds it), less those it holds."""
+        return max(0, self.bucket.available() - len(self._handed))
+
+    def hand_over(self, claimed: list[Claimed], backlog: bool) -> None:
+        """Notifications the flusher claimed for us; `backlog`: it also left some to claim."""
+        until = time.monotonic() + self.claim_s / 2  # sent by then, or given back
+        for c in claimed:
+            if c.group_id in self._requeued:
+                self._release.append(c.id)
+            else:
+                self._handed.append((c, until))
+        self._backlog = self._backlog or backlog
+        if claimed or backlog:
+            self.wake.set()
+
+    def take_finished(self) -> list[tuple[Outcome, Claimed]]:
+        """What finished, for the flusher to record in its transaction (`recorded` after)."""
+        batch, self._finished = self._finished, []
+        return batch
+
+    def unrecorded(self, batch: list[tuple[Outcome, Claimed]]) -> None:
+        """Not recorded after all (the transaction failed): the next pass records them."""
+        self._finished = batch + self._finished
 
     async def flush_finished(self) -> None:
         """Record what finished, in a transaction of its own (no claim to share it with)."""
@@ -77,11 +118,11 @@ class ReceiverWorker:
         try:
             mine = await queue.finish_many(self.db, self.owner, [o for o, _ in batch], now())
         except BaseException:  # the DB is away (or we are stopping): the next pass records them
-            self._finished = batch + self._finished
+            self.unrecorded(batch)
             raise
-        self._recorded(batch, mine)
+        self.recorded(batch, mine)
 
-    def _recorded(self, batch: list[tuple[Outcome, Claimed]], mine: set[int]) -> None:
+    def recorded(self, batch: list[tuple[Outcome, Claimed]], mine: set[int]) -> None:
         at = now()
         for o, c in batch:
             if o.id not in mine:
@@ -108,11 +149,15 @@ class ReceiverWorker:
             self.wake.clear()
 
     async def tick(self) -> int:
+        started = await self._start_handed()
+        if not self._backlog and time.monotonic() < self._next_poll:
+            return started  # nothing known to wait in the database: the flusher records what finished
         free = self.receiver.max_in_flight - len(self._inflight)
         if free <= 0 or self.bucket.wait_time() > self.poll_s:
             await self.flush_finished()
-            return 0
-        batch, self._finished = self._finished, []
+            return started
+        self._next_poll = time.monotonic() + self.poll_s
+        batch = self.take_finished()
         try:
             res = await queue.claim(
                 self.db,
@@ -125,24 +170,60 @@ class ReceiverWorker:
                 finished=[o for o, _ in batch],
             )
         except BaseException:  # not recorded: the next pass records them
-            self._finished = batch + self._finished
+            self.unrecorded(batch)
             raise
-        self._recorded(batch, res.finished)
+        self._backlog = res.more
+        self.recorded(batch, res.finished)
         if res.expired:
             self.metrics.notifications.labels(self.receiver.name, "expired").inc(res.expired)
             log.warning("receiver %s: %d notifications expired undelivered", self.receiver.name, res.expired)
         if res.collapsed:
             self.metrics.notifications.labels(self.receiver.name, "collapsed").inc(res.collapsed)
         for c in res.claimed:
-            await self._slots.acquire()
-            task = asyncio.create_task(self._deliver(c))
-            self._inflight.add(task)
-            task.add_done_callback(self._done)
-        return len(res.claimed)
+            self._requeued.discard(c.group_id)  # its backlog is claimed: it is in order again
+            self._start(c)
+        return started + len(res.claimed)
+
+    async def _start_handed(self) -> int:
+        started = 0
+        waiting: deque[tuple[Claimed, float]] = deque()
+        held: set[str] = set()  # groups with one waiting: the rest of theirs wait behind it
+        late: set[str] = set()
+        while self._handed and len(self._inflight) < self.receiver.max_in_flight:
+            c, until = self._handed.popleft()
+            if c.group_id in self._sending or c.group_id in held or c.group_id in late:
+                waiting.append((c, until))
+                held.add(c.group_id)
+            elif time.monotonic() > until:  # a slow messenger: not begun under a claim near its end
+                late.add(c.group_id)
+            else:
+                self._start(c)
+                started += 1
+        self._handed = waiting + self._handed
+        if late:
+            self._requeue(late)
+        if self._release:
+            ids, self._release = self._release, []
+            await queue.release_own(self.db, self.owner, ids)
+        return started
+
+    def _requeue(self, groups: set[str]) -> None:
+        """One of these groups' notifications is back in the queue: the ones handed over
+        behind it go back too, to be claimed (and collapsed) in order after it."""
+        self._release += [c.id for c, _ in self._handed if c.group_id in groups]
+        self._handed = deque((c, u) for c, u in self._handed if c.group_id not in groups)
+        self._requeued |= groups
+        self._backlog = True
+        self.wake.set()
+
+    def _start(self, c: Claimed) -> None:
+        self._sending.add(c.group_id)
+        task = asyncio.create_task(self._deliver(c))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._slots.release()
         self.wake.set()
 
     async def drain(self) -> None:
@@ -150,6 +231,11 @@ class ReceiverWorker:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         try:
             await self.flush_finished()
+            ids = self._release + [c.id for c, _ in self._handed]
+            if ids:  # claimed, never started: back to the queue for anyone, at once
+                await queue.release_own(self.db, self.owner, ids)
+                self._handed.clear()
+                self._release = []
         except Exception:  # the DB is away: the claims run out, another pass sends them again
             log.exception("receiver %s: could not record %d deliveries", self.receiver.name, len(self._finished))
 
@@ -161,6 +247,9 @@ class ReceiverWorker:
         except Exception:  # the DB went away mid-way: the claim runs out, it is retried
             log.exception("receiver %s: delivery %d interrupted", self.receiver.name, c.id)
             self.metrics.attempts.labels(self.receiver.name, "retry").inc()
+            self._requeue({c.group_id})  # what follows it waits for its retry
+        finally:
+            self._sending.discard(c.group_id)
 
     async def _send_all(self, c: Claimed) -> None:
         name = self.receiver.name
@@ -214,5 +303,6 @@ class ReceiverWorker:
             await queue.retry_later(
                 self.db, c.id, self.owner, attempts, now() + timedelta(seconds=delay), outcome.detail
             )
+            self._requeue({c.group_id})  # it waits in the database now, its group's next ones behind it
             return
         self._finish(c, "delivered")

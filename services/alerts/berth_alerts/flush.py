@@ -5,10 +5,16 @@ as ingest locks them, so neither deadlocks the other) and their changed members,
 (`ON CONFLICT (dedup_key) DO NOTHING`: a notification is queued once whoever computes
 it), settle the members, set the groups' next timers: a few statements per batch, not per
 group. A crash anywhere rolls the whole batch back: nothing is half done.
+
+A notification whose group has nothing else open goes out claimed by this replica, up to
+each receiver's free slots (`Handover`), and is handed to its worker once committed: the
+common case costs no claim transaction (on SQLite, no wait behind ingest for the one
+connection). The rest is queued pending, for the worker's claim.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from berth_alerts import tables as t
 from berth_alerts.grouping import Member, Muter, SilenceView, dedup_key, payload, plan
 from berth_alerts.model import Matcher
+from berth_alerts.queue import Claimed, open_groups
 from berth_alerts.store import Routing, insert_for
 
 
@@ -43,10 +50,31 @@ async def load_muter(session: AsyncSession, routing: Routing, now: datetime) -> 
 FLUSH_BATCH = 200  # groups per transaction
 
 
+@dataclass
+class Handover:
+    """Who claims what the flush queues: this replica, for `claim_s`, up to `slots` per receiver."""
+
+    owner: str
+    claim_s: float
+    slots: dict[str, int]
+
+
+@dataclass
+class Flushed:
+    groups: int = 0
+    queued: int = 0
+    handed: dict[str, list[Claimed]] = field(default_factory=dict)  # receiver -> claimed for it
+    pending: set[str] = field(default_factory=set)  # receivers left notifications to claim
+
+
 async def flush_due(
-    session: AsyncSession, routing: Routing, now: datetime, limit: int = FLUSH_BATCH
-) -> tuple[int, int]:
-    """Flush up to `limit` due groups; return how many, and how many notifications were queued."""
+    session: AsyncSession,
+    routing: Routing,
+    now: datetime,
+    handover: Handover | None = None,
+    limit: int = FLUSH_BATCH,
+) -> Flushed:
+    """Flush up to `limit` due groups: what was flushed, queued and handed over."""
     g_ = t.alert_groups.c
     due = (
         await session.execute(
@@ -60,7 +88,7 @@ async def flush_due(
         )
     ).all()
     if not due:
-        return 0, 0
+        return Flushed()
     muter = await load_muter(session, routing, now)
     repeating = {g.id for g in due if g.repeat_at is not None and g.repeat_at <= now}
     members = await _members(session, [g.id for g in due], repeating)
@@ -72,13 +100,66 @@ async def flush_due(
         if delivery:
             deliveries.append(delivery)
         updates.append(group)
+    out = Flushed(groups=len(due), queued=len(deliveries))
     if deliveries:
-        ins = insert_for(session, t.deliveries)
-        await session.execute(ins.on_conflict_do_nothing(index_elements=["dedup_key"]), deliveries)
+        claimed = await _claim_new(session, deliveries, handover, now)
+        ins = insert_for(session, t.deliveries).on_conflict_do_nothing(index_elements=["dedup_key"])
+        rows = await session.execute(ins.returning(t.deliveries.c.dedup_key, t.deliveries.c.id), deliveries)
+        inserted: dict[str, int] = {key: delivery_id for key, delivery_id in rows}
+        for d in deliveries:
+            if d["dedup_key"] not in inserted:
+                continue  # queued already, by whoever computed it first
+            if d["dedup_key"] in claimed:
+                out.handed.setdefault(d["receiver"], []).append(_claimed(inserted[d["dedup_key"]], d))
+            else:
+                out.pending.add(d["receiver"])
     if settle:
         await session.execute(_SETTLE, settle)
     await session.execute(_GROUP, updates)
-    return len(due), len(deliveries)
+    return out
+
+
+async def _claim_new(
+    session: AsyncSession, deliveries: list[dict[str, Any]], handover: Handover | None, now: datetime
+) -> set[str]:
+    """Mark the deliveries this replica sends itself (state `sending`, claimed); their keys.
+    One per group, and none for a group with another notification open: its order holds."""
+    if handover is None:
+        return set()
+    claimed: set[str] = set()
+    until = now + timedelta(seconds=handover.claim_s)
+    for receiver in sorted({d["receiver"] for d in deliveries}):
+        slots = handover.slots.get(receiver, 0)
+        if slots <= 0:
+            continue
+        mine = [d for d in deliveries if d["receiver"] == receiver]
+        busy = await open_groups(session, receiver, handover.owner, sorted({d["group_id"] for d in mine}))
+        for d in mine:
+            if slots <= 0:
+                break
+            if d["group_id"] in busy:
+                continue
+            busy.add(d["group_id"])
+            d.update(state="sending", claimed_by=handover.owner, claim_until=until)
+            claimed.add(d["dedup_key"])
+            slots -= 1
+    return claimed
+
+
+def _claimed(delivery_id: int, d: dict[str, Any]) -> Claimed:
+    pl = d["payload"]
+    return Claimed(
+        delivery_id,
+        d["group_id"],
+        d["dedup_key"],
+        d["status"],
+        pl.get("kind", d["kind"]),
+        pl,
+        0,
+        0,
+        d["oldest_change_at"],
+        d["created_at"],
+    )
 
 
 _COLUMNS = (
@@ -156,6 +237,8 @@ def _flush_group(
         "alerts_sent": 0,
         "attempts": 0,
         "next_attempt_at": now,
+        "claimed_by": None,
+        "claim_until": None,
         "oldest_change_at": min(m.changed_at for m in p.include),
         "created_at": now,
     }

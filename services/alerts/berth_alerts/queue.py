@@ -5,6 +5,11 @@ so another replica or the restarted one takes over a dead replica's work). One g
 notifications go out in order, one at a time; when several are waiting (a messenger
 outage, a restart), they are collapsed into one that tells each alert's latest state.
 Notifications older than the receiver's max age are expired, never sent, and counted.
+
+The flusher claims a new notification itself, in the transaction that queues it, when its
+group has nothing else open and the receiver has a free slot (`open_groups`): it hands it
+to the receiver's worker in memory. The claim below is then for what waits: retries, a
+backlog, a notification queued behind its group's previous one, another replica's work.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class ClaimResult:
     expired: int
     collapsed: int
     finished: set[int] = field(default_factory=set)  # of the outcomes given, those recorded
+    more: bool = False  # open notifications remain (busy or not yet due): claim again soon
 
 
 async def claim(
@@ -62,7 +68,7 @@ async def claim(
     same transaction: their groups' next notifications can then be claimed at once,
     without a transaction (and, on SQLite, a turn on the connection) of their own."""
     async with db.transaction() as s:
-        recorded = await _finish(s, owner, finished, now) if finished else set()
+        recorded = await record_finished(s, owner, finished, now) if finished else set()
         expired = affected(
             await s.execute(
                 update(t.deliveries)
@@ -102,7 +108,7 @@ async def claim(
         chosen: list[Claimed] = []
         collapsed = 0
         if not groups:
-            return ClaimResult(chosen, expired, collapsed, recorded)
+            return ClaimResult(chosen, expired, collapsed, recorded, more=bool(heads))
         # All of these groups' backlogs, locked, in one statement: each becomes one
         # notification of the latest state.
         backlog: dict[str, list[Any]] = {}
@@ -180,7 +186,7 @@ async def claim(
             )
         if claims:
             await s.execute(_CLAIM, claims)
-        return ClaimResult(chosen, expired, collapsed, recorded)
+        return ClaimResult(chosen, expired, collapsed, recorded, more=True)
 
 
 async def record_progress(db: Database, delivery_id: int, owner: str, alerts_sent: int, claim_until: datetime) -> bool:
@@ -204,10 +210,11 @@ class Outcome:
 async def finish_many(db: Database, owner: str, outcomes: list[Outcome], now: datetime) -> set[int]:
     """Record finished deliveries in one transaction; the ids whose claim was still ours."""
     async with db.transaction() as s:
-        return await _finish(s, owner, outcomes, now)
+        return await record_finished(s, owner, outcomes, now)
 
 
-async def _finish(s: AsyncSession, owner: str, outcomes: list[Outcome], now: datetime) -> set[int]:
+async def record_finished(s: AsyncSession, owner: str, outcomes: list[Outcome], now: datetime) -> set[int]:
+    """Record finished deliveries in the caller's transaction; the ids still ours."""
     mine = set(
         (
             await s.execute(
@@ -247,14 +254,29 @@ async def retry_later(db: Database, delivery_id: int, owner: str, attempts: int,
         return affected(res) == 1
 
 
-async def release_own(db: Database, owner: str) -> int:
-    """At start: what this replica was sending when it died is sent again, at once."""
-    async with db.transaction() as s:
-        res = await s.execute(
-            update(t.deliveries)
-            .where(d_.state == "sending", d_.claimed_by == owner)
-            .values(state="pending", claim_until=None)
+async def open_groups(s: AsyncSession, receiver: str, owner: str, group_ids: list[str]) -> set[str]:
+    """Of these groups, those with a notification queued for the receiver, or being sent
+    by another replica. (What this one sends, its worker orders in memory.)"""
+    found = await s.execute(
+        select(d_.group_id)
+        .where(
+            d_.receiver == receiver,
+            d_.group_id.in_(group_ids),
+            or_(d_.state == "pending", and_(d_.state == "sending", d_.claimed_by != owner)),
         )
+        .distinct()
+    )
+    return set(found.scalars())
+
+
+async def release_own(db: Database, owner: str, ids: list[int] | None = None) -> int:
+    """What this replica claimed and did not send goes back to the queue, for anyone to
+    send at once: at start (all of it: it died), or at a stop (the claims not yet sent)."""
+    where = [d_.state == "sending", d_.claimed_by == owner]
+    if ids is not None:
+        where.append(d_.id.in_(ids))
+    async with db.transaction() as s:
+        res = await s.execute(update(t.deliveries).where(*where).values(state="pending", claim_until=None))
         return affected(res)
 
 

@@ -27,6 +27,10 @@ class TokenBucket:
             return self.blocked_until - now
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
+    def available(self) -> int:
+        """Messages it lets through now, without waiting."""
+        return int(self.tokens) if self.wait_time() == 0 else 0
+
     async def acquire(self) -> None:
         async with self._lock:  # FIFO: waiters take tokens in arrival order
             delay = self.wait_time()

@@ -17,11 +17,11 @@ from berth_alerts.committer import GroupCommitter, RecentBodies
 from berth_alerts.config import AlertsConfig, AlertsSettings
 from berth_alerts.delivery import ReceiverWorker
 from berth_alerts.events import base_type, event_alert
-from berth_alerts.flush import FLUSH_BATCH, flush_due
+from berth_alerts.flush import FLUSH_BATCH, Flushed, Handover, flush_due
 from berth_alerts.formats import PayloadError
 from berth_alerts.metrics import AlertMetrics
 from berth_alerts.model import Alert
-from berth_alerts.queue import prune_finished, release_own
+from berth_alerts.queue import prune_finished, record_finished, release_own
 from berth_alerts.render import check_templates
 from berth_alerts.store import IngestResult, Routing, expire_alerts, ingest
 from berth_shared.aio import stop_tasks, wait_event
@@ -173,16 +173,30 @@ class AlertsService:
             await w.drain()
         await self.client.aclose()
 
-    async def flush_once(self) -> tuple[int, int]:
-        """Resolve expired alerts, flush due groups; (groups flushed, notifications queued)."""
+    async def flush_once(self) -> Flushed:
+        """Record finished deliveries, resolve expired alerts, flush due groups, in one
+        transaction; then hand what it claimed to the workers."""
         at = now()
-        async with self.db.transaction() as s:
-            await expire_alerts(s, self.routing, at)
-            groups, made = await flush_due(s, self.routing, at)
-        if made:
-            for w in self.workers.values():
-                w.wake.set()
-        return groups, made
+        handover = Handover(
+            self.owner, self.settings.delivery_claim_s, {n: w.free_slots() for n, w in self.workers.items()}
+        )
+        finished = {n: w.take_finished() for n, w in self.workers.items()}
+        recorded: dict[str, set[int]] = {}
+        try:
+            async with self.db.transaction() as s:
+                for n, batch in finished.items():
+                    if batch:
+                        recorded[n] = await record_finished(s, self.owner, [o for o, _ in batch], at)
+                await expire_alerts(s, self.routing, at)
+                flushed = await flush_due(s, self.routing, at, handover)
+        except BaseException:
+            for n, batch in finished.items():
+                self.workers[n].unrecorded(batch)
+            raise
+        for n, w in self.workers.items():
+            w.recorded(finished[n], recorded.get(n, set()))
+            w.hand_over(flushed.handed.get(n, []), backlog=n in flushed.pending)
+        return flushed
 
     async def _flusher(self) -> None:
         gauges_at = pruned_at = 0.0
@@ -194,8 +208,7 @@ class AlertsService:
                 if time.monotonic() - gauges_at > GAUGE_EVERY_S:
                     gauges_at = time.monotonic()
                     await self.refresh_gauges()
-                groups, _ = await self.flush_once()
-                if groups >= FLUSH_BATCH:
+                if (await self.flush_once()).groups >= FLUSH_BATCH:
                     continue  # a full batch: more are due
             except asyncio.CancelledError:
                 raise

@@ -41,7 +41,10 @@ class Messenger:
     throttle_next: int = 0
     retry_after_s: float = 1.0
     down: bool = False
+    delay_s: float = 0.0  # each accepted message is answered this long after it arrived
     received: list[Received] = field(default_factory=list)
+    answering: int = 0  # messages arrived and not answered yet
+    most_answering: int = 0
     refused: list[tuple[int, int]] = field(default_factory=list)  # (status, size)
     throttled_at: list[float] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -71,6 +74,12 @@ class Messenger:
                 Received(time.monotonic(), "/" + path, dict(request.headers), json.loads(body), len(body))
             )
             self.changed.set()
+            self.answering += 1
+            self.most_answering = max(self.most_answering, self.answering)
+            try:
+                await asyncio.sleep(self.delay_s)
+            finally:
+                self.answering -= 1
             return Response("ok")
 
         return app

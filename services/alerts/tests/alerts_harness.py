@@ -38,11 +38,12 @@ def webhook(name: str, url: str, **kw: Any) -> dict[str, Any]:
     }
 
 
-def simple_config(url: str, **route: Any) -> dict[str, Any]:
-    """One webhook receiver `hook` at url + /hook, grouped by alertname, fast timers."""
+def simple_config(url: str, hook: dict[str, Any] | None = None, **route: Any) -> dict[str, Any]:
+    """One webhook receiver `hook` at url + /hook (with `hook` options), grouped by
+    alertname, fast timers."""
     return {
         "route": {"receiver": "hook", "group_by": ["alertname"], **FAST, **route},
-        "receivers": [webhook("hook", url + "/hook")],
+        "receivers": [webhook("hook", url + "/hook", **(hook or {}))],
     }
 
 

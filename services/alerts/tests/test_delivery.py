@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from alerts_fakes import Messenger, serve
-from alerts_harness import FAST, alerts_app, alerts_settings, am_alert, am_webhook, webhook, write_config
+from alerts_harness import (
+    FAST,
+    alerts_app,
+    alerts_settings,
+    am_alert,
+    am_webhook,
+    simple_config,
+    webhook,
+    write_config,
+)
 from sqlalchemy import select, update
 
 from berth_alerts import tables as t
@@ -150,3 +159,63 @@ async def test_the_delivery_history_is_pruned_and_the_queue_is_not(
             assert ids[0] not in left and left[ids[1]] == "delivered"
             assert sorted(left.values()) == ["delivered", "pending"]
             assert await svc.prune_history() == 0
+
+
+async def test_a_group_tells_in_order_while_its_previous_message_is_still_being_sent(
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
+) -> None:
+    # The messenger takes longer to answer than the group_interval: the group's next
+    # notifications are flushed while the one before is still in flight.
+    messenger = Messenger(delay_s=1.2)
+    async with serve(messenger.app()) as url:
+        cfg = write_config(tmp_path, simple_config(url, {"max_in_flight": 8}))
+        async with alerts_app(alerts_settings(make_settings, cfg), tenants.admin) as (_, http):
+            for body in (
+                am_webhook(am_alert("Db", instance="a")),
+                am_webhook(am_alert("Db", instance="b")),
+                am_webhook(am_alert("Db", "resolved", instance="a")),
+            ):
+                await http.post("/v1/ingest/alertmanager", json=body)
+                await asyncio.sleep(0.6)  # past the group_interval: each change is flushed on its own
+
+            async def notes() -> list[dict[str, Any]]:
+                return list((await http.get("/v1/notifications")).json()["items"])
+
+            await eventually(
+                notes,
+                lambda n: len(n) >= 2 and all(x["state"] in ("delivered", "collapsed") for x in n),
+                within=20,
+                what="every notification finished",
+            )
+            assert messenger.most_answering == 1, "one group's messages went out one at a time"
+            told: dict[str, str] = {}
+            for a in messenger.alerts_seen("/hook"):  # in arrival order: the last word counts
+                told[a["labels"]["instance"]] = a["status"]
+            assert told == {"a": "resolved", "b": "firing"}
+            assert messenger.alerts_seen("/hook")[0]["labels"]["instance"] == "a"
+
+
+async def test_a_stop_gives_back_what_it_claimed_and_did_not_send(
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants
+) -> None:
+    messenger = Messenger(delay_s=1.0)
+    async with serve(messenger.app()) as url:
+        cfg = write_config(tmp_path, simple_config(url, {"max_in_flight": 1}))
+        settings = alerts_settings(make_settings, cfg)
+        async with alerts_app(settings, tenants.admin) as (app, http):
+            # Three groups flushed together; one slot: two wait, claimed, in the worker.
+            body = am_webhook(*(am_alert(name) for name in ("Cpu", "Disk", "Net")))
+            assert (await http.post("/v1/ingest/alertmanager", json=body)).status_code == 200
+            await eventually(lambda: len(messenger.received), lambda n: n == 1, what="the first on its way")
+            db = app.state.alerts.db
+        d = t.deliveries.c
+        async with db.sessions() as s:
+            rows = (await s.execute(select(d.state, d.claimed_by, d.claim_until))).all()
+        # The one in flight was answered before the stop ended; the others are free to
+        # anyone at once (no claim left to run out first).
+        assert sorted(r.state for r in rows) == ["delivered", "pending", "pending"]
+        assert all(r.claimed_by is None or r.claim_until is None for r in rows if r.state == "pending")
+        messenger.delay_s = 0
+        async with alerts_app(settings, tenants.admin):
+            await eventually(lambda: len(messenger.received), lambda n: n == 3, within=5, what="the rest sent")
+        assert sorted(a["labels"]["alertname"] for a in messenger.alerts_seen()) == ["Cpu", "Disk", "Net"]
