@@ -79,6 +79,7 @@ class ReceiverWorker:
         self._requeued: set[str] = set()
         self._release: list[int] = []  # handed over for such a group: to go back too
         self._backlog = True  # the database may hold notifications to claim (at start: may)
+        self._draining = False
         self._next_poll = 0.0
 
     async def run(self) -> None:
@@ -98,7 +99,8 @@ class ReceiverWorker:
             else:
                 self._handed.append((c, until))
         self._backlog = self._backlog or backlog
-        if claimed or backlog:
+        self._start_ready()
+        if self._release or backlog:
             self.wake.set()
 
     def take_finished(self) -> list[tuple[Outcome, Claimed]]:
@@ -149,7 +151,10 @@ class ReceiverWorker:
             self.wake.clear()
 
     async def tick(self) -> int:
-        started = await self._start_handed()
+        started = self._start_ready()
+        if self._release:
+            ids, self._release = self._release, []
+            await queue.release_own(self.db, self.owner, ids)
         if not self._backlog and time.monotonic() < self._next_poll:
             return started  # nothing known to wait in the database: the flusher records what finished
         free = self.receiver.max_in_flight - len(self._inflight)
@@ -184,8 +189,12 @@ class ReceiverWorker:
             self._start(c)
         return started + len(res.claimed)
 
-    async def _start_handed(self) -> int:
+    def _start_ready(self) -> int:
+        """Start what was handed over, in order, as slots allow: at once, not on the next
+        pass (which may be waiting on the database)."""
         started = 0
+        if self._draining:
+            return started
         waiting: deque[tuple[Claimed, float]] = deque()
         held: set[str] = set()  # groups with one waiting: the rest of theirs wait behind it
         late: set[str] = set()
@@ -202,9 +211,6 @@ class ReceiverWorker:
         self._handed = waiting + self._handed
         if late:
             self._requeue(late)
-        if self._release:
-            ids, self._release = self._release, []
-            await queue.release_own(self.db, self.owner, ids)
         return started
 
     def _requeue(self, groups: set[str]) -> None:
@@ -224,9 +230,11 @@ class ReceiverWorker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._start_ready()
         self.wake.set()
 
     async def drain(self) -> None:
+        self._draining = True  # what was handed over and not begun stays unbegun
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         try:
