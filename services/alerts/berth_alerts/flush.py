@@ -7,9 +7,9 @@ it), settle the members, set the groups' next timers: a few statements per batch
 group. A crash anywhere rolls the whole batch back: nothing is half done.
 
 A notification whose group has nothing else open goes out claimed by this replica, up to
-each receiver's free slots (`Handover`), and is handed to its worker once committed: the
-common case costs no claim transaction (on SQLite, no wait behind ingest for the one
-connection). The rest is queued pending, for the worker's claim.
+what each receiver's token bucket lets through at once (`Handover`), and is handed to its
+worker once committed: the common case costs no claim transaction (on SQLite, no wait
+behind ingest for the one connection). The rest is queued pending, for the worker's claim.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ FLUSH_BATCH = 200  # groups per transaction
 
 @dataclass
 class Handover:
-    """Who claims what the flush queues: this replica, for `claim_s`, up to `slots` per receiver."""
+    """Who claims what the flush queues: this replica, for `claim_s`, up to `slots` per
+    receiver (what its worker can send at once)."""
 
     owner: str
     claim_s: float
