@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-resolve the services' dependencies and pin them in deploy/constraints.txt: the lock that
 # the images, scripts/install.sh and CI install from. Run it after changing a dependency in
-# any pyproject.toml (deploy/tests/test_lock.py says when it is due), then commit the file.
+# any pyproject.toml (tests/deploy/test_images.py says when it is due), then commit the file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
