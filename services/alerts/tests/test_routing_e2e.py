@@ -9,8 +9,18 @@ from typing import Any
 
 import nats
 from alerts_fakes import Messenger, serve
-from alerts_harness import FAST, alerts_app, alerts_settings, am_alert, am_webhook, webhook, write_config
+from alerts_harness import (
+    FAST,
+    alerts_app,
+    alerts_settings,
+    am_alert,
+    am_webhook,
+    simple_config,
+    webhook,
+    write_config,
+)
 
+from berth_alerts.config import AlertsSettings
 from berth_shared.bus import CloudEvent, event_subject
 from berth_shared.natsserver import NatsServer
 from berth_testing import MakeSettings, Tenants, eventually
@@ -131,17 +141,24 @@ async def test_silences_and_inhibition(tmp_path: Path, make_settings: MakeSettin
             assert [s_["id"] for s_ in listed] == [silence["id"]]
 
 
+def two_replicas(
+    tmp_path: Path, make_settings: MakeSettings, cfg: Path, **kw: Any
+) -> tuple[AlertsSettings, AlertsSettings]:
+    """Two replicas' settings: the same database (on SQLite: the same file), each its own
+    data directory and so its own replica id."""
+    one = alerts_settings(make_settings, cfg, data_dir=tmp_path / "a", **kw)
+    two = alerts_settings(
+        make_settings, cfg, data_dir=tmp_path / "b", db_schema=one.db_schema, database_url=one.db_url, **kw
+    )
+    return one, two
+
+
 async def test_two_replicas_deliver_once_between_them(
     tmp_path: Path, make_settings: MakeSettings, tenants: Tenants, nats_server: NatsServer
 ) -> None:
     messenger = Messenger()
     async with serve(messenger.app()) as url:
-        cfg = write_config(tmp_path, by_severity(url))
-        one = alerts_settings(make_settings, cfg, data_dir=tmp_path / "a")
-        # The same database (on SQLite: the same file), its own data directory and replica id.
-        two = alerts_settings(
-            make_settings, cfg, data_dir=tmp_path / "b", db_schema=one.db_schema, database_url=one.db_url
-        )
+        one, two = two_replicas(tmp_path, make_settings, write_config(tmp_path, by_severity(url)))
         async with contextlib.AsyncExitStack() as stack:
             _, a = await stack.enter_async_context(alerts_app(one, tenants.admin))
             _, b = await stack.enter_async_context(alerts_app(two, tenants.admin))
@@ -168,3 +185,25 @@ async def test_two_replicas_deliver_once_between_them(
             keys = [r.headers["berth-notification-key"] for r in messenger.received]
             assert len(keys) == len(set(keys)), "a notification delivered twice"
             assert len(ours()) == len(set(ours())) == 70
+
+
+async def test_a_claim_near_its_end_is_given_back_not_sent_so_no_other_replica_sends_it_too(
+    tmp_path: Path, make_settings: MakeSettings, tenants: Tenants, nats_server: NatsServer
+) -> None:
+    # Claims of 2 s, a messenger taking 1.5 s per message, one message at a time: of three
+    # groups flushed together on replica a, two wait in a's memory past half their claim.
+    # Sent from there, they would go out under claims that run out mid-send, and replica b
+    # would take them over and send them as well.
+    messenger = Messenger(delay_s=1.5)
+    async with serve(messenger.app()) as url:
+        cfg = write_config(tmp_path, simple_config(url, {"max_in_flight": 1}))
+        one, two = two_replicas(tmp_path, make_settings, cfg, delivery_claim_s=2.0)
+        async with contextlib.AsyncExitStack() as stack:
+            _, a = await stack.enter_async_context(alerts_app(one, tenants.admin))
+            await stack.enter_async_context(alerts_app(two, tenants.admin))
+            body = am_webhook(*(am_alert(name) for name in ("Cpu", "Disk", "Net")))
+            assert (await a.post("/v1/ingest/alertmanager", json=body)).status_code == 200
+            await eventually(lambda: len(messenger.received), lambda n: n >= 3, within=15, what="all three sent")
+            await asyncio.sleep(2.5)  # past every claim: a copy sent late would have arrived
+            keys = [r.headers["berth-notification-key"] for r in messenger.received]
+            assert len(keys) == 3 == len(set(keys)), f"a notification delivered twice: {keys}"
