@@ -152,9 +152,7 @@ class ReceiverWorker:
 
     async def tick(self) -> int:
         started = self._start_ready()
-        if self._release:
-            ids, self._release = self._release, []
-            await queue.release_own(self.db, self.owner, ids)
+        await self._release_requeued()
         if not self._backlog and time.monotonic() < self._next_poll:
             return started  # nothing known to wait in the database: the flusher records what finished
         free = self.receiver.max_in_flight - len(self._inflight)
@@ -222,6 +220,14 @@ class ReceiverWorker:
         self._backlog = True
         self.wake.set()
 
+    async def _release_requeued(self) -> None:
+        """Give back what `_requeue` took from the handed-over ones (kept if the database
+        is away: the next pass tries again)."""
+        ids = list(self._release)
+        if ids:
+            await queue.release_own(self.db, self.owner, ids)
+            del self._release[: len(ids)]
+
     def _start(self, c: Claimed) -> None:
         self._sending.add(c.group_id)
         task = asyncio.create_task(self._deliver(c))
@@ -239,11 +245,10 @@ class ReceiverWorker:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         try:
             await self.flush_finished()
-            ids = self._release + [c.id for c, _ in self._handed]
-            if ids:  # claimed, never started: back to the queue for anyone, at once
-                await queue.release_own(self.db, self.owner, ids)
-                self._handed.clear()
-                self._release = []
+            # Claimed, never begun: back to the queue for anyone, at once.
+            self._release += [c.id for c, _ in self._handed]
+            self._handed.clear()
+            await self._release_requeued()
         except Exception:  # the DB is away: the claims run out, another pass sends them again
             log.exception("receiver %s: could not record %d deliveries", self.receiver.name, len(self._finished))
 
