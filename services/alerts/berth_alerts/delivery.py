@@ -77,7 +77,7 @@ class ReceiverWorker:
         # Groups with a notification back in the queue (a retry): their next ones queue
         # behind it there, until a claim takes the group's backlog.
         self._requeued: set[str] = set()
-        self._release: list[int] = []  # handed over for such a group: to go back too
+        self._release: list[int] = []  # taken back from the handed-over ones: to release
         self._backlog = True  # the database may hold notifications to claim (at start: may)
         self._draining = False
         self._next_poll = 0.0
@@ -114,7 +114,7 @@ class ReceiverWorker:
 
     async def flush_finished(self) -> None:
         """Record what finished, in a transaction of its own (no claim to share it with)."""
-        batch, self._finished = self._finished, []
+        batch = self.take_finished()
         if not batch:
             return
         try:
@@ -152,7 +152,7 @@ class ReceiverWorker:
 
     async def tick(self) -> int:
         started = self._start_ready()
-        await self._release_requeued()
+        await self._release_taken_back()
         if not self._backlog and time.monotonic() < self._next_poll:
             return started  # nothing known to wait in the database: the flusher records what finished
         free = self.receiver.max_in_flight - len(self._inflight)
@@ -220,9 +220,9 @@ class ReceiverWorker:
         self._backlog = True
         self.wake.set()
 
-    async def _release_requeued(self) -> None:
-        """Give back what `_requeue` took from the handed-over ones (kept if the database
-        is away: the next pass tries again)."""
+    async def _release_taken_back(self) -> None:
+        """Release what was taken back from the handed-over ones (requeued, late, or not
+        begun at a stop); kept if the database is away: the next pass tries again."""
         ids = list(self._release)
         if ids:
             await queue.release_own(self.db, self.owner, ids)
@@ -248,7 +248,7 @@ class ReceiverWorker:
             # Claimed, never begun: back to the queue for anyone, at once.
             self._release += [c.id for c, _ in self._handed]
             self._handed.clear()
-            await self._release_requeued()
+            await self._release_taken_back()
         except Exception:  # the DB is away: the claims run out, another pass sends them again
             log.exception("receiver %s: could not record %d deliveries", self.receiver.name, len(self._finished))
 

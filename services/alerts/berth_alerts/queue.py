@@ -7,9 +7,9 @@ outage, a restart), they are collapsed into one that tells each alert's latest s
 Notifications older than the receiver's max age are expired, never sent, and counted.
 
 The flusher claims a new notification itself, in the transaction that queues it, when its
-group has nothing else open (`open_groups`) and the receiver would take it at once: it
-hands it to the receiver's worker in memory. The claim below is then for what waits: retries, a
-backlog, a notification queued behind its group's previous one, another replica's work.
+group has nothing else open (`open_groups`) and the receiver would take it at once, and
+hands it to the receiver's worker in memory. The claim below is for what waits: retries,
+a backlog, a notification queued behind its group's previous one, another replica's work.
 """
 
 from __future__ import annotations
